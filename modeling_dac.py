@@ -1,0 +1,412 @@
+"""DAC as a transformers `PreTrainedModel`: audio in, residual-vector-quantized codes out, and back.
+
+    model = AutoModel.from_pretrained(repo_or_folder, trust_remote_code=True)
+    zq, s = model.encode("speech.wav")        # z_q (1, latent_dim, frames), codes (1, n_codebooks, frames)
+    waveform = model.decode(s=s)              # (1, 1, samples)
+    model.waveform_to_audiofile(waveform, "out.wav")
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .chunking import (
+    conv_geometry,
+    decoder_context,
+    encoder_context,
+    output_length,
+    plan_chunks,
+    plan_overlap_chunks,
+)
+from .configuration_dac import DECODING_MODES, DacConfig
+from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
+
+AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+
+
+class _UnpacksAsTuple:
+    """Makes `a, b = output` give the tensors, as a tuple would, rather than the field names."""
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+
+@dataclass
+class DacEncoderOutput(_UnpacksAsTuple, ModelOutput):
+    """Output of `DacModel.encode`; unpacks as `zq, s = model.encode(...)`.
+
+    Args:
+        z_q: (batch, latent_dim, frames) quantized latent, the sum of the codebooks' contributions.
+        codes: (batch, n_quantizers, frames) int64 codebook indices in [0, codebook_size).
+    """
+
+    z_q: Optional[torch.Tensor] = None
+    codes: Optional[torch.Tensor] = None
+
+
+@dataclass
+class DacOutput(_UnpacksAsTuple, ModelOutput):
+    """Output of `DacModel.forward` (encode then decode).
+
+    Args:
+        audio: (batch, 1, samples) reconstruction, cropped to the input's length.
+        codes: (batch, n_quantizers, frames) codebook indices.
+        z_q: (batch, latent_dim, frames) quantized latent.
+    """
+
+    audio: Optional[torch.Tensor] = None
+    codes: Optional[torch.Tensor] = None
+    z_q: Optional[torch.Tensor] = None
+
+
+def load_audio(path: Union[str, os.PathLike]) -> tuple[np.ndarray, int]:
+    """Reads an audio file (WAV, FLAC, OGG, MP3, ... as libsndfile reads them) as float32 (channels, time)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No audio file at {os.fspath(path)!r}.")
+    try:
+        data, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        raise ValueError(f"Could not read {os.fspath(path)!r} as audio: {error}") from error
+    return data.T, sample_rate  # (time, channels) -> (channels, time)
+
+
+class DacModel(PreTrainedModel):
+    """The Descript Audio Codec: an encoder, a residual vector quantizer and a decoder (Kumar et al., 2023).
+
+    `encode` and `decode` take audio in any common form and process long signals in chunks whose result equals
+    whole-signal processing (see `chunking.py`); `forward` is the plain encode-decode round trip for training.
+    """
+
+    config_class = DacConfig
+    base_model_prefix = "dac"
+    main_input_name = "input_values"
+
+    def __init__(self, config: DacConfig):
+        super().__init__(config)
+        self.encoder = Encoder(config.encoder_dim, config.encoder_rates, config.latent_dim)
+        self.quantizer = ResidualVectorQuantize(
+            config.latent_dim, config.n_codebooks, config.codebook_size, config.codebook_dim
+        )
+        self.decoder = Decoder(config.latent_dim, config.decoder_dim, config.decoder_rates)
+        self._encoder_geometry = conv_geometry(self.encoder)
+        self._decoder_geometry = conv_geometry(self.decoder)
+        self.post_init()
+        self.eval()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # As the reference initialises: truncated normal convolutions, zero biases, unit Snake frequencies.
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, Snake1d):
+            nn.init.ones_(module.alpha)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Derived geometry
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.config.sampling_rate
+
+    @property
+    def encoder_context(self) -> tuple[int, int]:
+        """Frames of context (left, right) an encoder chunk needs for exact results."""
+        return encoder_context(self._encoder_geometry, self.hop_length)
+
+    @property
+    def decoder_context(self) -> tuple[int, int]:
+        """Frames of context (left, right) a decoder chunk needs for exact results."""
+        return decoder_context(self._decoder_geometry, self.hop_length)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Code frames for `num_samples` samples at the model's rate: ceil(num_samples / hop_length)."""
+        return -(-num_samples // self.hop_length)
+
+    def num_samples(self, num_frames: int) -> int:
+        """Samples that `decode` returns for `num_frames` frames (hop_length * frames, less 8 at 16 and 24 kHz)."""
+        return output_length(self._decoder_geometry, num_frames)
+
+    def apply_weight_norm(self) -> None:
+        """Re-parametrizes every convolution with weight norm for fine-tuning, as the reference trains."""
+        apply_weight_norm(self)
+
+    def remove_weight_norm(self) -> None:
+        """Folds weight norm back into plain weights; do this before `save_pretrained`."""
+        remove_weight_norm(self)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Input checking
+    def _prepare_audio(self, audio: AudioInput, sample_rate: Optional[int]) -> torch.Tensor:
+        """Any accepted audio -> float (batch, 1, time) at the model's rate, on the model's device and dtype."""
+        if isinstance(audio, (str, os.PathLike)):
+            data, file_rate = load_audio(audio)
+            if sample_rate is not None and sample_rate != file_rate:
+                raise ValueError(
+                    f"`sample_rate={sample_rate}` contradicts the file's own rate {file_rate} Hz; leave it out."
+                )
+            audio, sample_rate = torch.from_numpy(data), file_rate
+        elif isinstance(audio, np.ndarray):
+            if not np.issubdtype(audio.dtype, np.floating):
+                raise TypeError(
+                    f"Audio samples must be floating point in [-1, 1], got a numpy array of {audio.dtype}. "
+                    "Convert integer PCM first, e.g. `x.astype(np.float32) / 32768` for int16."
+                )
+            audio = torch.from_numpy(np.ascontiguousarray(audio))
+        elif not isinstance(audio, torch.Tensor):
+            raise TypeError(
+                "`audio` must be a path, a numpy array or a torch tensor shaped (time,), (channels, time) or "
+                f"(batch, channels, time); got {type(audio).__name__}."
+            )
+        if not audio.is_floating_point():
+            raise TypeError(
+                f"Audio samples must be floating point in [-1, 1], got a tensor of {audio.dtype}. "
+                "Convert integer PCM first, e.g. `x.float() / 32768` for int16."
+            )
+        if sample_rate is None:
+            raise ValueError(
+                "`sample_rate` is required with raw samples, so that audio at another rate is resampled rather "
+                f"than silently misread; pass `sample_rate={self.sampling_rate}` if it is at the model's rate."
+            )
+        if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise ValueError(f"`sample_rate` must be a positive int in Hz, got {sample_rate!r}.")
+        if audio.dim() not in (1, 2, 3):
+            raise ValueError(
+                f"Audio must be shaped (time,), (channels, time) or (batch, channels, time); got {tuple(audio.shape)}."
+            )
+        audio = audio.reshape((1,) * (3 - audio.dim()) + tuple(audio.shape))  # -> (B, C, T)
+        if audio.shape[0] == 0 or audio.shape[1] == 0 or audio.shape[-1] == 0:
+            raise ValueError(f"Audio is empty: shape {tuple(audio.shape)}; it needs at least one sample.")
+        if not torch.isfinite(audio).all():
+            raise ValueError("Audio contains NaN or Inf samples; clean or clip the signal before encoding.")
+        audio = audio.to(self.device, self.dtype)
+        if audio.shape[1] > 1:
+            audio = audio.mean(dim=1, keepdim=True)  # mix down to mono, as the model is mono
+        if sample_rate != self.sampling_rate:
+            audio = self._resample(audio, int(sample_rate))
+        return audio
+
+    def _resample(self, audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """(batch, 1, time) at `sample_rate` -> (batch, 1, time') at the model's rate, with soxr (HQ)."""
+        signal = audio[:, 0].T.double().cpu().numpy()  # (B, 1, T) -> (T, B): soxr takes channels last
+        resampled = soxr.resample(signal, sample_rate, self.sampling_rate, quality="HQ")
+        if resampled.shape[0] == 0:
+            raise ValueError(
+                f"Audio of {signal.shape[0]} samples at {sample_rate} Hz is too short to resample to "
+                f"{self.sampling_rate} Hz; it needs at least one output sample."
+            )
+        return torch.from_numpy(np.ascontiguousarray(resampled.T)).to(audio)[:, None]  # (T, B) -> (B, 1, T)
+
+    def _check_n_quantizers(self, n_quantizers: Optional[int]) -> int:
+        if n_quantizers is None:
+            return self.config.n_codebooks
+        if not isinstance(n_quantizers, int) or not 1 <= n_quantizers <= self.config.n_codebooks:
+            raise ValueError(
+                f"`n_quantizers` must be an int in [1, {self.config.n_codebooks}], got {n_quantizers!r}."
+            )
+        return n_quantizers
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"`s` (codes) must be a torch tensor, got {type(codes).__name__}.")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise TypeError(f"`s` (codes) must be an integer tensor, got {codes.dtype}.")
+        if codes.dim() == 2:
+            codes = codes[None]
+        if codes.dim() != 3 or codes.shape[-1] == 0:
+            raise ValueError(
+                f"`s` (codes) must be shaped (batch, n_codebooks, frames) with frames >= 1, got {tuple(codes.shape)}."
+            )
+        if not 1 <= codes.shape[1] <= self.config.n_codebooks:
+            raise ValueError(
+                f"`s` (codes) has {codes.shape[1]} codebooks; this model has {self.config.n_codebooks} "
+                f"(codes shaped (batch, n_codebooks, frames) may use the first 1 to {self.config.n_codebooks})."
+            )
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= self.config.codebook_size:
+            raise ValueError(
+                f"`s` (codes) must lie in [0, {self.config.codebook_size}), got values in [{low}, {high}]."
+            )
+        return codes.to(self.device, torch.long)
+
+    def _check_latent(self, z_q: torch.Tensor) -> torch.Tensor:
+        if not isinstance(z_q, torch.Tensor) or not z_q.is_floating_point():
+            raise TypeError(f"`zq` must be a floating point torch tensor, got {getattr(z_q, 'dtype', type(z_q))}.")
+        if z_q.dim() == 2:
+            z_q = z_q[None]
+        if z_q.dim() != 3 or z_q.shape[1] != self.config.latent_dim or z_q.shape[-1] == 0:
+            raise ValueError(
+                f"`zq` must be shaped (batch, {self.config.latent_dim}, frames) with frames >= 1, "
+                f"got {tuple(z_q.shape)}."
+            )
+        if not torch.isfinite(z_q).all():
+            raise ValueError("`zq` contains NaN or Inf.")
+        return z_q.to(self.device, self.dtype)
+
+    @staticmethod
+    def _chunk_frames(value: Optional[float], frames_per_unit: float, name: str) -> int:
+        if value is None or value == 0:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"`{name}` must be a positive number or 0 (no chunking), got {value!r}.")
+        return max(1, round(value * frames_per_unit))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Public API
+    @torch.inference_mode()
+    def encode(
+        self,
+        audio: AudioInput,
+        sample_rate: Optional[int] = None,
+        n_quantizers: Optional[int] = None,
+        chunk_size_in_sec: Optional[float] = None,
+    ) -> DacEncoderOutput:
+        """Encodes audio into codes.
+
+        Args:
+            audio: A path to an audio file, or samples as a numpy array or torch tensor shaped (time,),
+                (channels, time) or (batch, channels, time). Channels are mixed down to mono; other sample rates
+                are resampled to `config.sampling_rate`.
+            sample_rate: Rate of `audio` in Hz; required for raw samples, read from the file for paths.
+            n_quantizers: Number of codebooks to use (the bitrate), 1 to `config.n_codebooks`; all by default.
+            chunk_size_in_sec: Audio per chunk; `config.encoding_chunk_size_in_sec` by default; 0 for no chunking.
+                The codes do not depend on it.
+
+        Returns:
+            `DacEncoderOutput` (unpacks as `zq, s`): z_q (batch, latent_dim, frames) and codes
+            (batch, n_quantizers, frames), frames = ceil(samples / hop_length) at the model's rate.
+        """
+        audio = self._prepare_audio(audio, sample_rate)
+        n_quantizers = self._check_n_quantizers(n_quantizers)
+        if chunk_size_in_sec is None:
+            chunk_size_in_sec = self.config.encoding_chunk_size_in_sec
+        chunk = self._chunk_frames(chunk_size_in_sec, self.config.frame_rate, "chunk_size_in_sec")
+
+        hop, n_frames = self.hop_length, self.num_frames(audio.shape[-1])
+        audio = nn.functional.pad(audio, (0, n_frames * hop - audio.shape[-1]))  # as the reference's preprocess
+        z_q = audio.new_empty(audio.shape[0], self.config.latent_dim, n_frames)
+        codes = torch.empty(audio.shape[0], n_quantizers, n_frames, dtype=torch.long, device=audio.device)
+        for c in plan_chunks(n_frames, chunk, *self.encoder_context):
+            z = self.encoder(audio[..., c.context_start * hop : c.context_stop * hop])
+            z_q[..., c.start : c.stop], codes[..., c.start : c.stop] = self.quantizer(
+                z[..., c.offset : c.offset + c.size], n_quantizers
+            )
+        return DacEncoderOutput(z_q=z_q, codes=codes)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        zq: Optional[torch.Tensor] = None,
+        s: Optional[torch.Tensor] = None,
+        chunk_size: Optional[int] = None,
+        mode: Optional[str] = None,
+    ) -> torch.Tensor:
+        """Decodes a quantized latent or codes into audio. Give exactly one of `zq` and `s`.
+
+        Args:
+            zq: (batch, latent_dim, frames) quantized latent, as `encode` returns.
+            s: (batch, n, frames) codes, with the first n <= n_codebooks codebooks.
+            chunk_size: Frames per chunk; `config.decoding_chunk_size` by default; 0 for no chunking.
+            mode: "exact" (default; equal to whole-signal decoding) or "overlap_average" (the seed model card's
+                averaged chunks, approximate); `config.decoding_mode` by default.
+
+        Returns:
+            (batch, 1, samples) waveform at `config.sampling_rate`, samples = `num_samples(frames)`.
+        """
+        if (zq is None) == (s is None):
+            raise ValueError("Pass exactly one of `zq` (quantized latent) and `s` (codes) to `decode`.")
+        mode = mode if mode is not None else self.config.decoding_mode
+        if mode not in DECODING_MODES:
+            raise ValueError(f"`mode` must be one of {DECODING_MODES}, got {mode!r}.")
+        if chunk_size is None:
+            chunk_size = self.config.decoding_chunk_size
+        chunk = self._chunk_frames(chunk_size, 1, "chunk_size")
+        z_q = self._check_latent(zq) if zq is not None else self.quantizer.from_codes(self._check_codes(s))
+
+        hop, n_frames = self.hop_length, z_q.shape[-1]
+        audio = z_q.new_zeros(z_q.shape[0], 1, self.num_samples(n_frames))
+        if mode == "overlap_average":
+            weight = torch.zeros_like(audio)
+            for start, stop in plan_overlap_chunks(n_frames, chunk, self.config.decoding_overlap_rate):
+                y = self.decoder(z_q[..., start:stop])
+                audio[..., start * hop : start * hop + y.shape[-1]] += y
+                weight[..., start * hop : start * hop + y.shape[-1]] += 1
+            return audio.div_(weight)
+        for c in plan_chunks(n_frames, chunk, *self.decoder_context):
+            y = self.decoder(z_q[..., c.context_start : c.context_stop])
+            y = y[..., c.offset * hop : (c.offset + c.size) * hop]
+            audio[..., c.start * hop : c.start * hop + y.shape[-1]] = y
+        return audio
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        n_quantizers: Optional[int] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[DacOutput, tuple]:
+        """Encode-decode round trip of model-rate audio (batch, 1, samples), whole-signal, as the reference's
+        `forward`; the reconstruction is cropped to the input's length."""
+        if input_values.dim() != 3 or input_values.shape[1] != 1:
+            raise ValueError(f"`input_values` must be (batch, 1, samples), got {tuple(input_values.shape)}.")
+        length = input_values.shape[-1]
+        n_quantizers = self._check_n_quantizers(n_quantizers)
+        x = nn.functional.pad(input_values, (0, self.num_frames(length) * self.hop_length - length))
+        z_q, codes = self.quantizer(self.encoder(x), n_quantizers)
+        audio = self.decoder(z_q)[..., :length]
+        output = DacOutput(audio=audio, codes=codes, z_q=z_q)
+        return output if return_dict is not False else output.to_tuple()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Files
+    def waveform_to_audiofile(self, waveform: torch.Tensor, path: Union[str, os.PathLike]) -> None:
+        """Writes a (1, 1, samples), (1, samples) or (samples,) waveform to an audio file at the model's rate;
+        the format follows the extension (.wav, .flac, .ogg, ...)."""
+        if not isinstance(waveform, torch.Tensor):
+            raise TypeError(f"`waveform` must be a torch tensor, got {type(waveform).__name__}.")
+        if waveform.numel() != waveform.shape[-1] or waveform.numel() == 0:
+            raise ValueError(
+                f"`waveform` must hold one mono signal, (1, 1, samples), got {tuple(waveform.shape)}; "
+                "write each item of a batch separately."
+            )
+        soundfile.write(path, waveform.detach().reshape(-1).float().cpu().numpy(), self.sampling_rate)
+
+    @staticmethod
+    def save_tensor(tensor: torch.Tensor, path: Union[str, os.PathLike]) -> None:
+        """Saves codes or a latent: safetensors for a `.safetensors` path, else `torch.save`."""
+        if os.fspath(path).endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            save_file({"tensor": tensor.detach().contiguous().cpu()}, path)
+        else:
+            torch.save(tensor.detach().cpu(), path)
+
+    @staticmethod
+    def load_tensor(path: Union[str, os.PathLike]) -> torch.Tensor:
+        """Loads what `save_tensor` saved, without unpickling code (safetensors, or `weights_only=True`)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No tensor file at {os.fspath(path)!r}.")
+        if os.fspath(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)["tensor"]
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{os.fspath(path)!r} holds a {type(tensor).__name__}, not a tensor.")
+        return tensor
+
+
+__all__ = ["DacConfig", "DacModel", "DacEncoderOutput", "DacOutput", "load_audio"]

@@ -1,0 +1,214 @@
+"""Converts a DAC checkpoint into a folder that `AutoModel.from_pretrained(DIR, trust_remote_code=True)` loads.
+
+    python scripts/convert_checkpoint.py --checkpoint weights_44khz_8kbps_0.0.1.pth --output-dir dac_44khz
+    python scripts/convert_checkpoint.py --checkpoint descript/dac_44khz --output-dir dac_44khz
+
+Accepts an original release checkpoint (`.pth`: {"state_dict", "metadata": {"kwargs"}}) or a transformers
+`DacModel` checkpoint (a folder or Hub id with config.json and model.safetensors).
+
+Key policy: our parameter names are those of transformers' `DacModel`. Original checkpoints name layers by their
+`nn.Sequential` index and store weight norm as `weight_g` / `weight_v`; both are mapped and folded here, and the
+result must match the model's keys and shapes exactly, or conversion fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dac_package  # noqa: E402
+
+modeling = dac_package.load()
+DacConfig, DacModel = modeling.DacConfig, modeling.DacModel
+PRESETS = sys.modules["dac_codec.configuration_dac"].PRESETS
+
+AUTO_MAP = {"AutoConfig": "configuration_dac.DacConfig", "AutoModel": "modeling_dac.DacModel"}
+RUNTIME_FILES = (*dac_package.MODEL_FILES, "requirements.txt")
+RESIDUAL_UNIT = ("snake1", "conv1", "snake2", "conv2")  # reference ResidualUnit.block indices 0..3
+
+
+def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replaces every weight-norm pair (`weight_g`/`weight_v`, or parametrizations' `original0`/`original1`) with
+    the plain weight g * v / ||v|| over all dims but 0, computed by the same kernel the reference runs."""
+    pairs = {".weight_g": ".weight_v", ".parametrizations.weight.original0": ".parametrizations.weight.original1"}
+    folded = {}
+    for name, value in state_dict.items():
+        for g_suffix, v_suffix in pairs.items():
+            if name.endswith(g_suffix):
+                prefix = name[: -len(g_suffix)]
+                folded[prefix + ".weight"] = torch._weight_norm(state_dict[prefix + v_suffix], value, 0)
+                break
+            if name.endswith(v_suffix):
+                break
+        else:
+            folded[name] = value
+    return folded
+
+
+def original_key(name: str, n_encoder_blocks: int, n_decoder_blocks: int) -> str:
+    """Our name for a parameter of the original package's `DAC` (its `nn.Sequential` indices)."""
+    rules = [
+        (r"encoder\.block\.0\.", lambda m: "encoder.conv1."),
+        (r"encoder\.block\.(\d+)\.block\.([0-2])\.block\.([0-3])\.",
+         lambda m: f"encoder.block.{int(m[1]) - 1}.res_unit{int(m[2]) + 1}.{RESIDUAL_UNIT[int(m[3])]}."),
+        (r"encoder\.block\.(\d+)\.block\.3\.", lambda m: f"encoder.block.{int(m[1]) - 1}.snake1."),
+        (r"encoder\.block\.(\d+)\.block\.4\.", lambda m: f"encoder.block.{int(m[1]) - 1}.conv1."),
+        (rf"encoder\.block\.{n_encoder_blocks + 1}\.", lambda m: "encoder.snake1."),
+        (rf"encoder\.block\.{n_encoder_blocks + 2}\.", lambda m: "encoder.conv2."),
+        (r"decoder\.model\.0\.", lambda m: "decoder.conv1."),
+        (r"decoder\.model\.(\d+)\.block\.0\.", lambda m: f"decoder.block.{int(m[1]) - 1}.snake1."),
+        (r"decoder\.model\.(\d+)\.block\.1\.", lambda m: f"decoder.block.{int(m[1]) - 1}.conv_t1."),
+        (r"decoder\.model\.(\d+)\.block\.([2-4])\.block\.([0-3])\.",
+         lambda m: f"decoder.block.{int(m[1]) - 1}.res_unit{int(m[2]) - 1}.{RESIDUAL_UNIT[int(m[3])]}."),
+        (rf"decoder\.model\.{n_decoder_blocks + 1}\.", lambda m: "decoder.snake1."),
+        (rf"decoder\.model\.{n_decoder_blocks + 2}\.", lambda m: "decoder.conv2."),
+        (r"quantizer\.quantizers\.(\d+)\.", lambda m: m[0]),
+    ]
+    for pattern, rename in rules:
+        match = re.match(pattern, name)
+        if match:
+            return rename(match) + name[match.end():]
+    raise ValueError(f"Unexpected key in the original checkpoint: {name!r}.")
+
+
+def config_from_original(kwargs: dict[str, Any], sampling_rate: Optional[int] = None) -> DacConfig:
+    """Our config from an original checkpoint's constructor arguments (`metadata["kwargs"]`)."""
+    arch = dict(
+        encoder_dim=kwargs["encoder_dim"],
+        encoder_rates=list(kwargs["encoder_rates"]),
+        latent_dim=kwargs.get("latent_dim"),  # absent in older files: encoder_dim * 2 ** len(rates)
+        decoder_dim=kwargs["decoder_dim"],
+        decoder_rates=list(kwargs["decoder_rates"]),
+        n_codebooks=kwargs["n_codebooks"],
+        codebook_size=kwargs["codebook_size"],
+        codebook_dim=kwargs["codebook_dim"],
+    )
+    sampling_rate = sampling_rate or kwargs.get("sample_rate") or _preset_sampling_rate(arch)
+    return DacConfig(**arch, sampling_rate=sampling_rate)
+
+
+def _preset_sampling_rate(arch: dict[str, Any]) -> int:
+    """The sample rate of the released model whose architecture `arch` is, for files that do not record it."""
+    config = DacConfig(**arch)
+    for preset in PRESETS.values():
+        reference = DacConfig(**preset)
+        if all(getattr(config, k) == getattr(reference, k) for k in ("encoder_rates", "n_codebooks", "latent_dim")):
+            return preset["sampling_rate"]
+    raise ValueError("The checkpoint does not record its sample rate and matches no released model; "
+                     "pass --sampling-rate.")
+
+
+def config_from_transformers(config: dict[str, Any]) -> DacConfig:
+    """Our config from a transformers `DacConfig` (model_type "dac") as a dict."""
+    return DacConfig(
+        encoder_dim=config["encoder_hidden_size"],
+        encoder_rates=list(config["downsampling_ratios"]),
+        latent_dim=config["hidden_size"],
+        decoder_dim=config["decoder_hidden_size"],
+        decoder_rates=list(config["upsampling_ratios"]),
+        n_codebooks=config["n_codebooks"],
+        codebook_size=config["codebook_size"],
+        codebook_dim=config["codebook_dim"],
+        sampling_rate=config["sampling_rate"],
+    )
+
+
+def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Loads `state_dict`, failing on any missing, unexpected or mis-shaped key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    misshaped = [
+        f"{k}: {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or misshaped:
+        raise ValueError(
+            f"Checkpoint does not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, mis-shaped {misshaped[:5]}."
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def model_from_original(path: str, sampling_rate: Optional[int] = None) -> DacModel:
+    """Our model with the weights of an original release checkpoint (.pth)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "metadata" not in checkpoint:
+        raise ValueError(f"{path!r} is not an original DAC checkpoint: expected keys 'state_dict' and 'metadata'.")
+    config = config_from_original(checkpoint["metadata"]["kwargs"], sampling_rate)
+    model = DacModel(config)
+    n_enc, n_dec = len(config.encoder_rates), len(config.decoder_rates)
+    state_dict = {original_key(k, n_enc, n_dec): v for k, v in fold_weight_norm(checkpoint["state_dict"]).items()}
+    load_strict(model, state_dict)
+    return model
+
+
+def model_from_transformers(path_or_repo: str) -> DacModel:
+    """Our model with the weights of a transformers `DacModel` checkpoint (folder or Hub id)."""
+    from safetensors.torch import load_file
+
+    folder = Path(path_or_repo)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(path_or_repo, allow_patterns=["config.json", "*.safetensors"]))
+        except Exception as error:  # offline, no such repo, no access: say which
+            raise ValueError(f"Could not fetch {path_or_repo!r} from the Hugging Face Hub: {error}") from error
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") != "dac":
+        raise ValueError(f"{folder} holds a {config.get('model_type')!r} model, not a transformers DacModel ('dac').")
+    state_dict = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state_dict.update(load_file(file))
+    model = DacModel(config_from_transformers(config))
+    load_strict(model, fold_weight_norm(state_dict))
+    return model
+
+
+def write_model_folder(model: DacModel, output_dir: str | os.PathLike, readme: Optional[str] = None) -> Path:
+    """Writes config.json (with auto_map), model.safetensors, the root modules, requirements.txt and README.md."""
+    output_dir = Path(output_dir)
+    model.config.auto_map = AUTO_MAP
+    model.config.architectures = ["DacModel"]
+    model.save_pretrained(output_dir)
+    for name in RUNTIME_FILES:
+        shutil.copy(dac_package.ROOT / name, output_dir / name)
+    if readme is None:
+        readme = (dac_package.ROOT / "README.md").read_text()
+    (output_dir / "README.md").write_text(readme)
+    return output_dir
+
+
+def convert(checkpoint: str, output_dir: str, sampling_rate: Optional[int] = None) -> Path:
+    if checkpoint.endswith((".pth", ".pt", ".ckpt")) or Path(checkpoint).is_file():
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"No checkpoint file at {checkpoint!r}.")
+        model = model_from_original(checkpoint, sampling_rate)
+    else:
+        model = model_from_transformers(checkpoint)
+    return write_model_folder(model, output_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="original .pth, or transformers DacModel folder / Hub id")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--sampling-rate", type=int, help="only for checkpoints that do not record it")
+    args = parser.parse_args()
+    folder = convert(args.checkpoint, args.output_dir, args.sampling_rate)
+    print(f"Wrote {folder}: load it with AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)")
+
+
+if __name__ == "__main__":
+    main()

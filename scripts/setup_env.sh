@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv with the runtime needs; with --test also pytest and the reference package (a test dependency only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+# Install the CPU build of torch first: an unpinned torch resolves to a multi-GB CUDA build.
+$PIP install -q -c constraints.txt torch==2.13.0
+if [[ "${1:-}" == "--test" ]]; then
+  $PIP install -q -c constraints.txt -r requirements-test.txt
+  $PIP install -q -c constraints.txt --no-deps -r requirements-reference.txt
+  # torchaudio's binaries are CUDA builds that fail to load beside CPU torch; without them it uses pure Python.
+  rm -f .venv/lib/python*/site-packages/torchaudio/lib/*.so
+else
+  $PIP install -q -c constraints.txt -r requirements.txt
+fi

@@ -142,7 +142,10 @@ def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> 
 
 def model_from_original(path: str, sampling_rate: Optional[int] = None) -> DacModel:
     """Our model with the weights of an original release checkpoint (.pth)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt file, or a pickle that needs code to load
+        raise ValueError(f"Could not read {path!r} as a checkpoint with weights_only=True: {error}") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "metadata" not in checkpoint:
         raise ValueError(f"{path!r} is not an original DAC checkpoint: expected keys 'state_dict' and 'metadata'.")
     config = config_from_original(checkpoint["metadata"]["kwargs"], sampling_rate)

@@ -1,0 +1,175 @@
+"""Equivalence with the reference package (descript-audio-codec, import `dac`), a test dependency only.
+
+Full-size models of all four presets, with randomised weights (alphas, biases and weight-norm gains perturbed so
+every tensor of the mapping is exercised), saved the way the released checkpoints are, converted, saved with
+`save_pretrained` and loaded back with `AutoModel.from_pretrained(..., trust_remote_code=True)` offline.
+
+Tolerance: codes must be identical; audio within 1e-4 of the signal scale. Our layers run the same operations in
+the same order, so in practice the difference is 0; the tolerance leaves room for BLAS kernels that differ between
+builds.
+"""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+dac = pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
+import convert_checkpoint  # noqa: E402
+
+PRESETS = convert_checkpoint.PRESETS
+SECONDS = 2.0
+AUDIO_TOLERANCE = 1e-4
+
+
+def reference_model(preset: str, seed: int = 0) -> "dac.model.DAC":
+    torch.manual_seed(seed)
+    kwargs = dict(PRESETS[preset])
+    kwargs["sample_rate"] = kwargs.pop("sampling_rate")
+    model = dac.model.DAC(**kwargs)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha"):
+                p.uniform_(0.3, 3.0)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.02)
+            elif name.endswith("weight_g"):
+                p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+    return model.eval()
+
+
+def make_audio(sample_rate: int, seconds: float = SECONDS, seed: int = 0) -> torch.Tensor:
+    """A chirp with an envelope, a chord and some noise: (1, 1, samples), not a multiple of any hop."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * sample_rate) + 123, dtype=torch.float64) / sample_rate
+    chirp = torch.sin(2 * math.pi * (200 * t + 900 * t**2)) * (0.5 + 0.5 * torch.sin(2 * math.pi * 1.7 * t))
+    chord = sum(torch.sin(2 * math.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
+    noise = torch.randn(t.shape, generator=g, dtype=torch.float64)
+    return (0.4 * chirp + 0.3 * chord + 0.05 * noise).float()[None, None]
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+    os.environ.pop("HF_HUB_OFFLINE", None)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_matches_reference(preset, tmp_path, offline):
+    from transformers import AutoModel
+
+    reference = reference_model(preset)
+    reference.save(str(tmp_path / "weights.pth"), package=False)  # the released checkpoints' format
+    folder = convert_checkpoint.convert(str(tmp_path / "weights.pth"), str(tmp_path / "converted"))
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__name__ == "DacModel" and not model.training
+
+    sample_rate = PRESETS[preset]["sampling_rate"]
+    audio = make_audio(sample_rate)
+    with torch.no_grad():
+        z, codes, *_ = reference.encode(reference.preprocess(audio, sample_rate))
+        expected_from_z = reference.decode(z)
+        expected_from_codes = reference.decode(reference.quantizer.from_codes(codes)[0])
+
+    # The seed model card's calls, on samples instead of a file (files are covered in test_api.py).
+    zq, s = model.encode(audio, sample_rate=sample_rate, chunk_size_in_sec=0)
+    assert torch.equal(s, codes)
+    assert torch.allclose(zq, z, rtol=0, atol=1e-4 * z.abs().max())
+    for waveform, expected in ((model.decode(zq=zq, chunk_size=0), expected_from_z),
+                               (model.decode(s=s, chunk_size=0), expected_from_codes)):
+        assert waveform.shape == expected.shape
+        assert (waveform - expected).abs().max() <= AUDIO_TOLERANCE * expected.abs().max()
+
+    # Default settings (chunked) give the same codes and the same audio.
+    zq_default, s_default = model.encode(audio, sample_rate=sample_rate)
+    assert torch.equal(s_default, codes)
+    waveform = model.decode(s=s_default)
+    assert (waveform - expected_from_codes).abs().max() <= AUDIO_TOLERANCE * expected_from_codes.abs().max()
+
+
+def test_converted_folder_loads_in_fresh_process(tmp_path):
+    """Only what the folder holds is needed: load it in a new interpreter, offline, from another directory."""
+    reference = reference_model("16khz")
+    reference.save(str(tmp_path / "weights.pth"), package=False)
+    folder = convert_checkpoint.convert(str(tmp_path / "weights.pth"), str(tmp_path / "converted"))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "README.md", "requirements.txt", "configuration_dac.py",
+         "modeling_dac.py", "dac_layers.py", "chunking.py"])
+    code = (
+        "import torch; from transformers import AutoModel\n"
+        f"m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
+        "zq, s = m.encode(torch.zeros(16000), sample_rate=16000)\n"
+        "print(tuple(s.shape), tuple(m.decode(s=s).shape))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "(1, 12, 50) (1, 1, 15992)"
+
+
+def saved_checkpoint(preset: str, path) -> dict:
+    reference_model(preset).save(str(path), package=False)
+    return torch.load(path, weights_only=True)
+
+
+def test_converter_rejects_mismatched_checkpoint(tmp_path):
+    checkpoint = saved_checkpoint("16khz", tmp_path / "weights.pth")
+    del checkpoint["state_dict"]["decoder.model.0.bias"]
+    torch.save(checkpoint, tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="missing"):
+        convert_checkpoint.convert(str(tmp_path / "missing.pth"), str(tmp_path / "out"))
+
+    checkpoint = saved_checkpoint("16khz", tmp_path / "weights.pth")
+    checkpoint["metadata"]["kwargs"]["n_codebooks"] = 8  # 12 quantizers in the weights
+    torch.save(checkpoint, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match="unexpected"):
+        convert_checkpoint.convert(str(tmp_path / "extra.pth"), str(tmp_path / "out"))
+
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint"):
+        convert_checkpoint.convert(str(tmp_path / "corrupt.pth"), str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError):
+        convert_checkpoint.convert(str(tmp_path / "nowhere.pth"), str(tmp_path / "out"))
+
+
+def test_older_checkpoint_without_latent_dim_or_sample_rate(tmp_path):
+    """The first 44 kHz release records neither latent_dim nor sample_rate: both are inferred."""
+    checkpoint = saved_checkpoint("44khz", tmp_path / "weights.pth")
+    for key in ("latent_dim", "sample_rate"):
+        del checkpoint["metadata"]["kwargs"][key]
+    torch.save(checkpoint, tmp_path / "old.pth")
+    model = convert_checkpoint.model_from_original(str(tmp_path / "old.pth"))
+    assert model.config.sampling_rate == 44100 and model.config.latent_dim == 1024
+
+
+def test_transformers_checkpoint(tmp_path):
+    """A transformers DacModel folder converts, and gives the same codes and audio as transformers does."""
+    from transformers import DacConfig as HFDacConfig
+    from transformers import DacModel as HFDacModel
+
+    torch.manual_seed(0)
+    hf = HFDacModel(HFDacConfig(n_codebooks=4, sampling_rate=16000, downsampling_ratios=[2, 4, 5, 8],
+                                upsampling_ratios=[8, 5, 4, 2], encoder_hidden_size=16, decoder_hidden_size=128,
+                                hidden_size=64)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("alpha"):
+                p.uniform_(0.3, 3.0)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.02)
+    hf.save_pretrained(tmp_path / "hf")
+    folder = convert_checkpoint.convert(str(tmp_path / "hf"), str(tmp_path / "converted"))
+    model = convert_checkpoint.DacModel.from_pretrained(folder)
+    audio = make_audio(16000, seconds=0.5)[..., :8000]  # a multiple of the hop: transformers does not pad
+    with torch.no_grad():
+        expected = hf.encode(audio)
+        expected_audio = hf.decode(audio_codes=expected.audio_codes).audio_values
+    zq, s = model.encode(audio, sample_rate=16000)
+    assert torch.equal(s, expected.audio_codes)
+    waveform = model.decode(s=s)[:, 0]
+    assert waveform.shape == expected_audio.shape
+    assert (waveform - expected_audio).abs().max() <= AUDIO_TOLERANCE * expected_audio.abs().max()

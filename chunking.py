@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
+import torch
 from torch import nn
 
 
@@ -139,3 +140,45 @@ def plan_overlap_chunks(n_frames: int, chunk_frames: int, overlap_rate: float) -
         if stop == n_frames:
             return
         start += step
+
+
+def stream_windows(
+    blocks: Iterable[torch.Tensor], units_per_frame: int, left: int, right: int, max_frames: int
+) -> Iterator[tuple[torch.Tensor, int, int]]:
+    """Turns blocks that arrive along time into windows whose kept frames are determined, as soon as they are.
+
+    Frame f is determined once the input reaches frame f + right. Each window holds `left` frames of context
+    before the kept frames and `right` after (fewer at the signal's start), as `plan_chunks` does offline; at the
+    end of the stream the last partial frame is zero-padded, as whole-signal encoding pads to the hop.
+
+    Args:
+        blocks: (batch, channels, units) tensors, `units_per_frame` units per frame (samples, or 1 for frames).
+        max_frames: At most this many kept frames per window (0: no limit), which bounds memory.
+
+    Yields:
+        (window, offset, size): the kept frames are [offset, offset + size) of the window's frames.
+    """
+    buffer, buffer_start, next_frame, received = None, 0, 0, 0  # buffer_start and next_frame count frames
+
+    def windows(ready: int, stop: int):
+        nonlocal buffer, buffer_start, next_frame
+        while next_frame < ready:
+            size = ready - next_frame if max_frames <= 0 else min(max_frames, ready - next_frame)
+            start = max(0, next_frame - left)
+            end = min(stop, next_frame + size + right)
+            window = buffer[..., (start - buffer_start) * units_per_frame : (end - buffer_start) * units_per_frame]
+            yield window, next_frame - start, size
+            next_frame += size
+        keep = max(0, next_frame - left)  # drop what no later window reads
+        buffer = buffer[..., (keep - buffer_start) * units_per_frame :]
+        buffer_start = keep
+
+    for block in blocks:
+        buffer = block if buffer is None else torch.cat([buffer, block], dim=-1)
+        received += block.shape[-1]
+        yield from windows(received // units_per_frame - right, received // units_per_frame)
+    if buffer is None:
+        return
+    n_frames = -(-received // units_per_frame)
+    buffer = torch.nn.functional.pad(buffer, (0, (n_frames - buffer_start) * units_per_frame - buffer.shape[-1]))
+    yield from windows(n_frames, n_frames)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 import soundfile
@@ -27,6 +27,7 @@ from .chunking import (
     output_length,
     plan_chunks,
     plan_overlap_chunks,
+    stream_windows,
 )
 from .configuration_dac import DECODING_MODES, DacConfig
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
@@ -351,6 +352,71 @@ class DacModel(PreTrainedModel):
             y = y[..., c.offset * hop : (c.offset + c.size) * hop]
             audio[..., c.start * hop : c.start * hop + y.shape[-1]] = y
         return audio
+
+    @torch.inference_mode()
+    def encode_stream(
+        self,
+        blocks: Iterable[Union[np.ndarray, torch.Tensor]],
+        sample_rate: Optional[int] = None,
+        n_quantizers: Optional[int] = None,
+        chunk_size_in_sec: Optional[float] = None,
+    ) -> Iterator[torch.Tensor]:
+        """Encodes audio that arrives in blocks, yielding codes as soon as they are determined.
+
+        The codes, concatenated along time, equal `encode` of the whole signal. A frame is determined once the
+        audio reaches `encoder_context[1]` frames past it: that lookahead is the latency (`stream_latency`).
+
+        Args:
+            blocks: Samples at the model's rate, each shaped (time,), (channels, time) or (batch, channels, time);
+                blocks may have any length, including less than a frame.
+            sample_rate: Rate of the blocks; must be `config.sampling_rate` (resample before streaming).
+            n_quantizers: Codebooks to use; all by default.
+            chunk_size_in_sec: At most this much audio is encoded per step (bounds memory); config by default.
+
+        Yields:
+            Codes (batch, n_quantizers, frames) for the frames determined so far and not yet yielded.
+        """
+        if sample_rate != self.sampling_rate:
+            raise ValueError(
+                f"`encode_stream` takes blocks at the model's rate: pass `sample_rate={self.sampling_rate}` "
+                f"(got {sample_rate!r}), resampling the audio beforehand if needed."
+            )
+        n_quantizers = self._check_n_quantizers(n_quantizers)
+        if chunk_size_in_sec is None:
+            chunk_size_in_sec = self.config.encoding_chunk_size_in_sec
+        chunk = self._chunk_frames(chunk_size_in_sec, self.config.frame_rate, "chunk_size_in_sec")
+        audio = (self._prepare_audio(block, sample_rate) for block in blocks)
+        for window, offset, size in stream_windows(audio, self.hop_length, *self.encoder_context, chunk):
+            z = self.encoder(window)[..., offset : offset + size]
+            yield self.quantizer(z, n_quantizers)[1]
+
+    @torch.inference_mode()
+    def decode_stream(self, blocks: Iterable[torch.Tensor], chunk_size: Optional[int] = None) -> Iterator[torch.Tensor]:
+        """Decodes codes that arrive in blocks of frames, yielding audio as soon as it is determined.
+
+        The audio, concatenated along time, equals `decode(s=...)` of all the codes. A frame's samples are
+        determined once the codes reach `decoder_context[1]` frames past it (`stream_latency`).
+
+        Args:
+            blocks: Codes shaped (batch, n, frames), n <= n_codebooks, the same n in every block.
+            chunk_size: At most this many frames are decoded per step (bounds memory); config by default.
+
+        Yields:
+            Audio (batch, 1, samples) for the frames determined so far and not yet yielded.
+        """
+        if chunk_size is None:
+            chunk_size = self.config.decoding_chunk_size
+        chunk = self._chunk_frames(chunk_size, 1, "chunk_size")
+        hop = self.hop_length
+        codes = (self._check_codes(block) for block in blocks)
+        for window, offset, size in stream_windows(codes, 1, *self.decoder_context, chunk):
+            yield self.decoder(self.quantizer.from_codes(window))[..., offset * hop : (offset + size) * hop]
+
+    @property
+    def stream_latency(self) -> dict[str, float]:
+        """Lookahead of `encode_stream` and `decode_stream` in seconds: the right context of each."""
+        frame = 1 / self.config.frame_rate
+        return {"encode": self.encoder_context[1] * frame, "decode": self.decoder_context[1] * frame}
 
     def forward(
         self,

@@ -1,0 +1,185 @@
+"""Chunked and streamed processing equal whole-signal processing: identical codes, audio within 1e-5, same length.
+
+Tiny configs keep the real strides and kernels of the presets ([2, 4, 5, 8] for 16 and 24 kHz, [2, 4, 8, 8] for
+44.1 kHz), so the geometry is the real one; two full-size models check the same at scale. Audio tolerance: 1e-5
+absolute on outputs bounded by tanh to [-1, 1], about 100 float32 ulps of the signal's scale.
+"""
+
+import random
+
+import dac_package
+import pytest
+import torch
+
+modeling = dac_package.load()
+chunking = __import__("dac_codec.chunking", fromlist=["chunking"])
+DacConfig, DacModel = modeling.DacConfig, modeling.DacModel
+AUDIO_TOLERANCE = 1e-5
+RATES = {"16khz/24khz": ([2, 4, 5, 8], 16000), "44khz": ([2, 4, 8, 8], 44100)}
+
+
+def tiny_model(rates, sampling_rate, seed=0):
+    torch.manual_seed(seed)
+    config = DacConfig(encoder_dim=2, encoder_rates=rates, latent_dim=16, decoder_dim=32,
+                       decoder_rates=rates[::-1], n_codebooks=3, codebook_size=32, codebook_dim=4,
+                       sampling_rate=sampling_rate)
+    model = DacModel(config)
+    with torch.no_grad():  # non-trivial Snake frequencies and biases, as trained models have
+        for name, p in model.named_parameters():
+            if name.endswith("alpha"):
+                p.uniform_(0.3, 3.0)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.05)
+            elif "conv" in name and name.endswith("weight"):
+                p.mul_(8)  # keep activations well above float rounding through the stack
+    return model
+
+
+@pytest.fixture(scope="module", params=list(RATES))
+def model(request):
+    return tiny_model(*RATES[request.param])
+
+
+def audio_of(n_samples, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.5 * torch.randn(batch, 1, n_samples, generator=g)
+
+
+def lengths(hop):
+    rng = random.Random(hop)
+    return [1, hop - 1, hop, hop + 1, 7 * hop + 3, *rng.sample(range(2, 40 * hop), 3)]
+
+
+@pytest.mark.parametrize("module_name", ["encoder", "decoder"])
+def test_receptive_field_matches_gradients(model, module_name):
+    """input_span, from the layers' geometry, is exactly the support of the gradient of one output."""
+    module = getattr(model, module_name)
+    layers = chunking.conv_geometry(module)
+    channels = 1 if module_name == "encoder" else model.config.latent_dim
+    n_in = 60 * model.hop_length if module_name == "encoder" else 60
+    x = torch.randn(1, channels, n_in, requires_grad=True)
+    y = module(x)
+    index = y.shape[-1] // 2
+    y[0, :, index].sum().backward()
+    support = x.grad.abs().sum(dim=(0, 1)).nonzero().flatten()
+    lo, hi = chunking.input_span(layers, index, index)
+    assert (support.min().item(), support.max().item()) == (lo, hi)
+    assert chunking.output_length(layers, n_in) == y.shape[-1]
+
+
+def test_context_is_derived_from_geometry(model):
+    hop = model.hop_length
+    lo, hi = chunking.input_span(chunking.conv_geometry(model.encoder), 0, 0)
+    left, right = model.encoder_context
+    assert left * hop >= -lo > (left - 1) * hop
+    assert (1 + right) * hop > hi >= right * hop
+    lo, hi = chunking.input_span(chunking.conv_geometry(model.decoder), 0, hop - 1)
+    assert model.decoder_context == (-lo, hi)
+
+
+@pytest.mark.parametrize("n_frames,chunk,left,right", [(1, 1, 3, 2), (10, 3, 2, 5), (37, 8, 10, 10), (5, 0, 4, 4)])
+def test_plan_chunks_covers_every_frame_once(n_frames, chunk, left, right):
+    chunks = list(chunking.plan_chunks(n_frames, chunk, left, right))
+    assert [f for c in chunks for f in range(c.start, c.stop)] == list(range(n_frames))
+    for c in chunks:
+        assert c.context_start == max(0, c.start - left) or chunk == 0
+        assert c.context_stop == min(n_frames, c.stop + right) or chunk == 0
+
+
+def test_chunked_encode_equals_whole(model):
+    rate, frame_rate = model.config.sampling_rate, model.config.frame_rate
+    for n in lengths(model.hop_length):
+        audio = audio_of(n, batch=2, seed=n)
+        z_q, codes = model.encode(audio, sample_rate=rate, chunk_size_in_sec=0)
+        assert codes.shape[-1] == -(-n // model.hop_length)
+        for chunk_frames in (1, 2, 3, 5, 9, 17):
+            z_q_c, codes_c = model.encode(audio, sample_rate=rate, chunk_size_in_sec=chunk_frames / frame_rate)
+            assert torch.equal(codes_c, codes), (n, chunk_frames)
+            assert (z_q_c - z_q).abs().max() <= AUDIO_TOLERANCE * z_q.abs().max()
+
+
+def test_chunked_decode_equals_whole(model):
+    rng = random.Random(0)
+    for n_frames in (1, 2, 3, 11, 24, rng.randrange(30, 60)):
+        codes = torch.randint(0, model.config.codebook_size, (2, model.config.n_codebooks, n_frames))
+        whole = model.decode(s=codes, chunk_size=0)
+        assert whole.shape == (2, 1, model.num_samples(n_frames))
+        for chunk in (1, 2, 3, 4, 7, 16):
+            chunked = model.decode(s=codes, chunk_size=chunk)
+            assert chunked.shape == whole.shape
+            assert (chunked - whole).abs().max() <= AUDIO_TOLERANCE, (n_frames, chunk)
+
+
+def random_split(tensor, n_pieces, rng):
+    cuts = sorted(rng.sample(range(1, tensor.shape[-1]), min(n_pieces, tensor.shape[-1] - 1)))
+    return [tensor[..., a:b] for a, b in zip([0, *cuts], [*cuts, tensor.shape[-1]])]
+
+
+def test_encode_stream_equals_offline(model):
+    rng = random.Random(1)
+    rate = model.config.sampling_rate
+    for n in lengths(model.hop_length):
+        audio = audio_of(n, seed=n)
+        _, codes = model.encode(audio, sample_rate=rate, chunk_size_in_sec=0)
+        for n_blocks in (1, 3, 12):
+            for max_seconds in (0, 2 / model.config.frame_rate):
+                blocks = random_split(audio, n_blocks, rng)
+                streamed = list(model.encode_stream(blocks, sample_rate=rate, chunk_size_in_sec=max_seconds))
+                assert torch.equal(torch.cat(streamed, dim=-1), codes), (n, n_blocks, max_seconds)
+
+
+def test_encode_stream_yields_as_soon_as_determined(model):
+    """Once audio reaches frame f + lookahead, the codes of frames 0 .. f have been yielded, and no later."""
+    rate, hop, lookahead = model.config.sampling_rate, model.hop_length, model.encoder_context[1]
+    audio = audio_of(30 * hop)
+    consumed = 0
+
+    def blocks():
+        nonlocal consumed
+        for i in range(30):
+            consumed += 1
+            yield audio[..., i * hop : (i + 1) * hop]
+
+    yielded = []
+    for codes in model.encode_stream(blocks(), sample_rate=rate, chunk_size_in_sec=0):
+        yielded.append(codes.shape[-1])
+        if consumed < 30:
+            assert sum(yielded) == consumed - lookahead
+    assert sum(yielded) == 30 and len(yielded) == 30 - lookahead + 1
+
+
+def test_decode_stream_equals_offline(model):
+    rng = random.Random(2)
+    for n_frames in (1, 2, 13, 40):
+        codes = torch.randint(0, model.config.codebook_size, (1, 2, n_frames))
+        whole = model.decode(s=codes, chunk_size=0)
+        for n_blocks in (1, 4, n_frames):
+            for max_frames in (0, 3):
+                streamed = torch.cat(list(model.decode_stream(random_split(codes, n_blocks, rng), max_frames)), -1)
+                assert streamed.shape == whole.shape
+                assert (streamed - whole).abs().max() <= AUDIO_TOLERANCE, (n_frames, n_blocks, max_frames)
+
+
+def test_overlap_average_mode(model):
+    """The seed card's averaged chunks: same length, and the same as exact when one chunk spans everything;
+    approximate otherwise, which is why exact is the default."""
+    codes = torch.randint(0, model.config.codebook_size, (1, model.config.n_codebooks, 40))
+    whole = model.decode(s=codes, chunk_size=0)
+    averaged = model.decode(s=codes, chunk_size=10, mode="overlap_average")
+    assert averaged.shape == whole.shape and torch.isfinite(averaged).all()
+    assert torch.equal(model.decode(s=codes, chunk_size=40, mode="overlap_average"), whole)
+    assert (averaged - whole).abs().max() > AUDIO_TOLERANCE
+
+
+@pytest.mark.parametrize("preset", ["24khz", "44khz"])
+def test_full_size_chunked_equals_whole(preset):
+    torch.manual_seed(0)
+    model = DacModel(DacConfig.from_preset(preset))
+    rate = model.config.sampling_rate
+    audio = audio_of(int(0.7 * rate), seed=3)
+    z_q, codes = model.encode(audio, sample_rate=rate, chunk_size_in_sec=0)
+    assert torch.equal(model.encode(audio, sample_rate=rate, chunk_size_in_sec=0.2).codes, codes)
+    whole = model.decode(zq=z_q, chunk_size=0)
+    chunked = model.decode(zq=z_q, chunk_size=16)
+    assert chunked.shape == whole.shape
+    assert (chunked - whole).abs().max() <= AUDIO_TOLERANCE

@@ -18,6 +18,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DECODING_MODES = ("exact", "overlap_average")
+_RELEASE_DEFAULTS = dict(encoder_dim=64, decoder_dim=1536, codebook_size=1024, codebook_dim=8, latent_dim=None)
+
+
+def _preset(name: str) -> dict[str, Any]:
+    """Every architecture value of a released model."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown DAC preset {name!r}; choose one of {sorted(PRESETS)}.")
+    return {**_RELEASE_DEFAULTS, **PRESETS[name]}
 
 
 def _positive_int_list(name: str, value: Sequence[int]) -> list[int]:
@@ -31,7 +39,7 @@ def _positive_int_list(name: str, value: Sequence[int]) -> list[int]:
 
 def _positive(name: str, value: Any, kind: type = int) -> None:
     ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok or value <= 0:
+    if not ok or not math.isfinite(value) or value <= 0:
         raise ValueError(f"`{name}` must be a positive {kind.__name__}, got {value!r}.")
 
 
@@ -59,21 +67,34 @@ class DacConfig(PretrainedConfig):
 
     def __init__(
         self,
-        encoder_dim: int = 64,
-        encoder_rates: Sequence[int] = (2, 4, 8, 8),
+        encoder_dim: Optional[int] = None,
+        encoder_rates: Optional[Sequence[int]] = None,
         latent_dim: Optional[int] = None,
-        decoder_dim: int = 1536,
-        decoder_rates: Sequence[int] = (8, 8, 4, 2),
-        n_codebooks: int = 9,
-        codebook_size: int = 1024,
-        codebook_dim: int = 8,
-        sampling_rate: int = 44100,
+        decoder_dim: Optional[int] = None,
+        decoder_rates: Optional[Sequence[int]] = None,
+        n_codebooks: Optional[int] = None,
+        codebook_size: Optional[int] = None,
+        codebook_dim: Optional[int] = None,
+        sampling_rate: Optional[int] = None,
         encoding_chunk_size_in_sec: Optional[float] = 1.0,
         decoding_chunk_size: Optional[int] = 64,
         decoding_mode: str = "exact",
         decoding_overlap_rate: float = 0.1,
         **kwargs: Any,
     ):
+        # Architecture values left out come from the 44.1 kHz release, or from the preset that config.json files
+        # of the earlier model card name in `model_type_by_sampling_freq`.
+        base = _preset(kwargs.get("model_type_by_sampling_freq") or "44khz")
+        encoder_dim = base["encoder_dim"] if encoder_dim is None else encoder_dim
+        encoder_rates = base["encoder_rates"] if encoder_rates is None else encoder_rates
+        decoder_dim = base["decoder_dim"] if decoder_dim is None else decoder_dim
+        decoder_rates = base["decoder_rates"] if decoder_rates is None else decoder_rates
+        n_codebooks = base["n_codebooks"] if n_codebooks is None else n_codebooks
+        codebook_size = base["codebook_size"] if codebook_size is None else codebook_size
+        codebook_dim = base["codebook_dim"] if codebook_dim is None else codebook_dim
+        sampling_rate = base["sampling_rate"] if sampling_rate is None else sampling_rate
+        if not isinstance(encoder_dim, int) or isinstance(encoder_dim, bool):
+            raise ValueError(f"`encoder_dim` must be a positive int, got {encoder_dim!r}.")
         self.encoder_dim = encoder_dim
         self.encoder_rates = _positive_int_list("encoder_rates", encoder_rates)
         self.latent_dim = latent_dim if latent_dim is not None else encoder_dim * 2 ** len(self.encoder_rates)
@@ -117,9 +138,7 @@ class DacConfig(PretrainedConfig):
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> "DacConfig":
         """The config of a released model: one of "16khz", "24khz", "44khz", "44khz_16kbps"."""
-        if name not in PRESETS:
-            raise ValueError(f"Unknown DAC preset {name!r}; choose one of {sorted(PRESETS)}.")
-        return cls(**{**PRESETS[name], **kwargs})
+        return cls(**{**_preset(name), **kwargs})
 
     @property
     def hop_length(self) -> int:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Union
@@ -60,7 +61,8 @@ class DacOutput(_UnpacksAsTuple, ModelOutput):
     """Output of `DacModel.forward` (encode then decode).
 
     Args:
-        audio: (batch, 1, samples) reconstruction, cropped to the input's length.
+        audio: (batch, 1, samples) reconstruction, cropped to the input's length (up to 8 samples short at 16 and
+            24 kHz, as in the reference; see `forward`).
         codes: (batch, n_quantizers, frames) codebook indices.
         z_q: (batch, latent_dim, frames) quantized latent.
     """
@@ -215,11 +217,13 @@ class DacModel(PreTrainedModel):
     def _check_n_quantizers(self, n_quantizers: Optional[int]) -> int:
         if n_quantizers is None:
             return self.config.n_codebooks
-        if not isinstance(n_quantizers, int) or not 1 <= n_quantizers <= self.config.n_codebooks:
+        if isinstance(n_quantizers, bool) or not isinstance(n_quantizers, (int, np.integer)) or not (
+            1 <= n_quantizers <= self.config.n_codebooks
+        ):
             raise ValueError(
                 f"`n_quantizers` must be an int in [1, {self.config.n_codebooks}], got {n_quantizers!r}."
             )
-        return n_quantizers
+        return int(n_quantizers)
 
     def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         if not isinstance(codes, torch.Tensor):
@@ -228,9 +232,10 @@ class DacModel(PreTrainedModel):
             raise TypeError(f"`s` (codes) must be an integer tensor, got {codes.dtype}.")
         if codes.dim() == 2:
             codes = codes[None]
-        if codes.dim() != 3 or codes.shape[-1] == 0:
+        if codes.dim() != 3 or codes.shape[0] == 0 or codes.shape[-1] == 0:
             raise ValueError(
-                f"`s` (codes) must be shaped (batch, n_codebooks, frames) with frames >= 1, got {tuple(codes.shape)}."
+                "`s` (codes) must be shaped (batch, n_codebooks, frames) with batch and frames >= 1, "
+                f"got {tuple(codes.shape)}."
             )
         if not 1 <= codes.shape[1] <= self.config.n_codebooks:
             raise ValueError(
@@ -249,7 +254,7 @@ class DacModel(PreTrainedModel):
             raise TypeError(f"`zq` must be a floating point torch tensor, got {getattr(z_q, 'dtype', type(z_q))}.")
         if z_q.dim() == 2:
             z_q = z_q[None]
-        if z_q.dim() != 3 or z_q.shape[1] != self.config.latent_dim or z_q.shape[-1] == 0:
+        if z_q.dim() != 3 or z_q.shape[1] != self.config.latent_dim or z_q.shape[0] == 0 or z_q.shape[-1] == 0:
             raise ValueError(
                 f"`zq` must be shaped (batch, {self.config.latent_dim}, frames) with frames >= 1, "
                 f"got {tuple(z_q.shape)}."
@@ -260,10 +265,13 @@ class DacModel(PreTrainedModel):
 
     @staticmethod
     def _chunk_frames(value: Optional[float], frames_per_unit: float, name: str) -> int:
+        """Chunk size in frames; 0 means no chunking. Seconds for the encoder, whole frames for the decoder."""
         if value is None or value == 0:
             return 0
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"`{name}` must be a positive number or 0 (no chunking), got {value!r}.")
+        kind = (int, float) if frames_per_unit != 1 else int
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value < 0:
+            allowed = "a positive number of seconds" if frames_per_unit != 1 else "a positive int (frames)"
+            raise ValueError(f"`{name}` must be {allowed} or 0 (no chunking), got {value!r}.")
         return max(1, round(value * frames_per_unit))
 
     # ----------------------------------------------------------------------------------------------------------
@@ -425,7 +433,8 @@ class DacModel(PreTrainedModel):
         return_dict: Optional[bool] = None,
     ) -> Union[DacOutput, tuple]:
         """Encode-decode round trip of model-rate audio (batch, 1, samples), whole-signal, as the reference's
-        `forward`; the reconstruction is cropped to the input's length."""
+        `forward`. The reconstruction is cropped to the input's length; like the reference, the 16 and 24 kHz
+        models return up to 8 samples less when the length is within 8 samples of a multiple of the hop."""
         if input_values.dim() != 3 or input_values.shape[1] != 1:
             raise ValueError(f"`input_values` must be (batch, 1, samples), got {tuple(input_values.shape)}.")
         length = input_values.shape[-1]
@@ -468,8 +477,16 @@ class DacModel(PreTrainedModel):
         if os.fspath(path).endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            return load_file(path)["tensor"]
-        tensor = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                return load_file(path)["tensor"]
+            except Exception as error:  # a corrupt file, or one saved without the "tensor" key
+                raise ValueError(f"Could not read a tensor from {os.fspath(path)!r}: {error}") from error
+        try:
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # corrupt, or a pickle that would need to run code to load
+            raise ValueError(
+                f"Could not load {os.fspath(path)!r} as a tensor without unpickling code: {error}"
+            ) from error
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"{os.fspath(path)!r} holds a {type(tensor).__name__}, not a tensor.")
         return tensor

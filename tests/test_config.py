@@ -184,12 +184,6 @@ def test_valid_edge_values_are_accepted(overrides):
         assert getattr(config, key) == value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # "DID NOT RAISE"
-    reason="BUG: NaN passes `_positive` (NaN <= 0 is False); every encode then fails with "
-    "'cannot convert float NaN to integer'",
-)
 def test_nan_encoding_chunk_size_is_rejected():
     with pytest.raises(ValueError, match="encoding_chunk_size_in_sec"):
         tiny_config(encoding_chunk_size_in_sec=float("nan"))
@@ -284,3 +278,14 @@ def test_old_model_card_style_kwargs_with_invalid_values_still_fail():
     with pytest.raises(ValueError, match="decoding_overlap_rate"):
         DacConfig(model_type_by_sampling_freq="44khz", encoding_chunk_size_in_sec=1, decoding_chunk_size=64,
                   decoding_overlap_rate=1.0)
+
+
+@pytest.mark.parametrize("preset", ["16khz", "24khz", "44khz"])
+def test_earlier_card_config_names_its_variant(preset):
+    """config.json files of the earlier model card carry no architecture, only `model_type_by_sampling_freq`."""
+    config = DacConfig(model_type_by_sampling_freq=preset)
+    reference = DacConfig.from_preset(preset)
+    assert (config.encoder_rates, config.n_codebooks, config.sampling_rate) == (
+        reference.encoder_rates, reference.n_codebooks, reference.sampling_rate)
+    with pytest.raises(ValueError, match="Unknown DAC preset"):
+        DacConfig(model_type_by_sampling_freq="8khz")

@@ -1,25 +1,30 @@
-"""Chunk planning for exact chunked encoding and decoding, as plain functions of the layers' geometry.
+"""Exact chunked and streaming processing: a signal that arrives in pieces gives what the whole signal gives.
 
-Every output frame (encoder) or sample (decoder) depends on a finite window of the input: its receptive field,
-found by walking the convolutions. A chunk that carries that much context on both sides computes its kept part
-exactly as whole-signal processing does; the context is then cropped, never averaged:
+Every convolution runs as a stream (`conv_step`). It keeps the tail of its input that its next outputs read, and
+emits each output as soon as all of the inputs it reads have arrived; the zero padding goes in only at the
+stream's two ends. A residual branch lags its input by the branch's lookahead, so the skip path waits in the
+cache too (`residual_step`). Composed layer by layer, every sample is computed once, with no recomputed context
+and no averaging, and memory is bounded by the piece:
 
-    input     ...|---------------------------------- whole signal ----------------------------------|...
-    chunk k           |<- left context ->|============ kept ============|<- right context ->|
-    output                               |============ kept ============|
-    chunk k+1                                         |<- left context ->|============ kept ...
+    conv input   ... |==== tail ====|=============== new piece ===============|
+                     '------- window of the next outputs -------'             |
+    conv output  ... |=================== emitted now ===================|   (the last outputs wait for more)
+                                                                          '--- next tail ---'
 
-Chunks start on frame boundaries, so every strided layer sees the same phase as in the whole signal, and the
-signal's own edges are zero-padded exactly as the whole signal is.
+A chunk's result therefore equals whole-signal processing for any chunk size and any split of a stream, up to
+float rounding in the convolutions. The geometry functions below walk the convolutions to give the receptive field
+(the streams' lookahead) and output lengths. `plan_overlap_chunks` serves the earlier model card's approximate,
+overlap-averaged decoding, kept for compatibility.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -73,58 +78,6 @@ def output_length(layers: list[ConvGeometry], length: int) -> int:
     return length
 
 
-def encoder_context(layers: list[ConvGeometry], hop_length: int) -> tuple[int, int]:
-    """Frames of audio context (left, right) that an encoder chunk needs so that its kept frames are exact.
-
-    Frame 0 reads samples [lo, hi]; a chunk of frames [a, b) fed samples [(a - left) * hop, (b + right) * hop)
-    contains what frames a .. b - 1 read.
-    """
-    lo, hi = input_span(layers, 0, 0)
-    return max(0, math.ceil(-lo / hop_length)), max(0, math.ceil((hi + 1) / hop_length) - 1)
-
-
-def decoder_context(layers: list[ConvGeometry], hop_length: int) -> tuple[int, int]:
-    """Frames of latent context (left, right) that a decoder chunk needs so that its kept samples are exact.
-
-    At least one frame on the right: the last frame of a chunk may be short of samples (odd strides), and the
-    right context covers them.
-    """
-    lo, hi = input_span(layers, 0, hop_length - 1)
-    return max(0, -lo), max(1, hi)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Frames [start, stop) are kept; frames [context_start, context_stop) are computed."""
-
-    start: int
-    stop: int
-    context_start: int
-    context_stop: int
-
-    @property
-    def offset(self) -> int:
-        """Where the kept frames begin inside the computed ones."""
-        return self.start - self.context_start
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-
-def plan_chunks(n_frames: int, chunk_frames: int, left: int, right: int) -> Iterator[Chunk]:
-    """Splits frames [0, n_frames) into chunks of `chunk_frames` kept frames with the given context.
-
-    A `chunk_frames` of 0 (or at least `n_frames`) yields one chunk: the whole signal.
-    """
-    if chunk_frames <= 0 or chunk_frames >= n_frames:
-        yield Chunk(0, n_frames, 0, n_frames)
-        return
-    for start in range(0, n_frames, chunk_frames):
-        stop = min(start + chunk_frames, n_frames)
-        yield Chunk(start, stop, max(0, start - left), min(n_frames, stop + right))
-
-
 def plan_overlap_chunks(n_frames: int, chunk_frames: int, overlap_rate: float) -> Iterator[tuple[int, int]]:
     """Frame ranges [start, stop) of the seed model card's overlap-averaged decoding: chunks of `chunk_frames`
     frames whose neighbours overlap by `overlap_rate` of a chunk (at least one frame when the rate is > 0)."""
@@ -142,43 +95,44 @@ def plan_overlap_chunks(n_frames: int, chunk_frames: int, overlap_rate: float) -
         start += step
 
 
-def stream_windows(
-    blocks: Iterable[torch.Tensor], units_per_frame: int, left: int, right: int, max_frames: int
-) -> Iterator[tuple[torch.Tensor, int, int]]:
-    """Turns blocks that arrive along time into windows whose kept frames are determined, as soon as they are.
+StreamCache = dict  # per-stream state of every layer, keyed by module: what later pieces of the signal read
 
-    Frame f is determined once the input reaches frame f + right. Each window holds `left` frames of context
-    before the kept frames and `right` after (fewer at the signal's start), as `plan_chunks` does offline; at the
-    end of the stream the last partial frame is zero-padded, as whole-signal encoding pads to the hop.
 
-    Args:
-        blocks: (batch, channels, units) tensors, `units_per_frame` units per frame (samples, or 1 for frames).
-        max_frames: At most this many kept frames per window (0: no limit), which bounds memory.
+class PlainConv:
+    """Weights and geometry of a stride-1 convolution that is no module (the polyphase form of a transposed conv)."""
 
-    Yields:
-        (window, offset, size): the kept frames are [offset, offset + size) of the window's frames.
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, padding: int):
+        self.weight, self.bias = weight, bias
+        self.stride, self.dilation, self.padding = (1,), (1,), (padding,)
+
+
+def conv_step(conv: nn.Conv1d, x: torch.Tensor, cache: StreamCache, final: bool, key=None) -> torch.Tensor:
+    """One step of `conv` over a signal that arrives in pieces: (B, C_in, t) -> (B, C_out, t') for the outputs
+    whose inputs have all arrived. Over all steps the outputs equal `conv` of the whole signal.
+
+    The cache keeps, under `key` (`conv` by default), the input tail that later outputs read; the zero padding
+    goes in at the stream's two ends.
     """
-    buffer, buffer_start, next_frame, received = None, 0, 0, 0  # buffer_start and next_frame count frames
+    key = conv if key is None else key
+    weight, bias = conv.weight, conv.bias
+    stride, dilation, padding = conv.stride[0], conv.dilation[0], conv.padding[0]
+    reach = dilation * (weight.shape[-1] - 1)
+    if reach == 0 and padding == 0 and stride == 1 and x.shape[-1]:  # pointwise: nothing to carry over
+        return F.conv1d(x, weight, bias)
+    tail = cache.get(key)
+    x = F.pad(x, (padding, 0)) if tail is None else torch.cat([tail, x], dim=-1)
+    if final:
+        x = F.pad(x, (0, padding))
+    n_out = max(0, (x.shape[-1] - reach - 1) // stride + 1)
+    cache[key] = x[..., n_out * stride :].clone()  # clone: don't keep the whole piece alive
+    if n_out == 0:
+        return x.new_empty(x.shape[0], weight.shape[0], 0)
+    return F.conv1d(x[..., : (n_out - 1) * stride + reach + 1], weight, bias, stride, 0, dilation)
 
-    def windows(ready: int, stop: int):
-        nonlocal buffer, buffer_start, next_frame
-        while next_frame < ready:
-            size = ready - next_frame if max_frames <= 0 else min(max_frames, ready - next_frame)
-            start = max(0, next_frame - left)
-            end = min(stop, next_frame + size + right)
-            window = buffer[..., (start - buffer_start) * units_per_frame : (end - buffer_start) * units_per_frame]
-            yield window, next_frame - start, size
-            next_frame += size
-        keep = max(0, next_frame - left)  # drop what no later window reads
-        buffer = buffer[..., (keep - buffer_start) * units_per_frame :]
-        buffer_start = keep
 
-    for block in blocks:
-        buffer = block if buffer is None else torch.cat([buffer, block], dim=-1)
-        received += block.shape[-1]
-        yield from windows(received // units_per_frame - right, received // units_per_frame)
-    if buffer is None:
-        return
-    n_frames = -(-received // units_per_frame)
-    buffer = torch.nn.functional.pad(buffer, (0, (n_frames - buffer_start) * units_per_frame - buffer.shape[-1]))
-    yield from windows(n_frames, n_frames)
+def residual_step(skip_owner: nn.Module, x: torch.Tensor, y: torch.Tensor, cache: StreamCache) -> torch.Tensor:
+    """x + y for a residual branch y that lags its input x: the inputs y has not reached yet wait in the cache."""
+    pending = cache.get(skip_owner)
+    x = x if pending is None else torch.cat([pending, x], dim=-1)
+    cache[skip_owner] = x[..., y.shape[-1] :].clone()
+    return y.add_(x[..., : y.shape[-1]])

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chunking import PlainConv, StreamCache, conv_step, residual_step
+
 KERNEL_SIZE = 7  # every non-strided convolution of the encoder and decoder, except the encoder's last (3)
 DILATIONS = (1, 3, 9)  # the three residual units of every block
 SNAKE_EPS = 1e-9  # keeps 1 / alpha finite for alpha = 0, as in the reference
@@ -62,6 +64,10 @@ class ResidualUnit(nn.Module):
         y = self.conv2(self.snake2(self.conv1(self.snake1(x))))
         return y.add_(x) if not torch.is_grad_enabled() else y + x
 
+    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
+        y = conv_step(self.conv2, self.snake2(conv_step(self.conv1, self.snake1(x), cache, final)), cache, final)
+        return residual_step(self, x, y, cache)
+
 
 class EncoderBlock(nn.Module):
     """Three residual units at dim // 2 channels, then a strided conv: (B, dim // 2, T) -> (B, dim, T // stride)."""
@@ -77,6 +83,11 @@ class EncoderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.res_unit3(self.res_unit2(self.res_unit1(x)))
         return self.conv1(self.snake1(x))
+
+    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
+        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
+            x = unit.step(x, cache, final)
+        return conv_step(self.conv1, self.snake1(x), cache, final)
 
 
 class Encoder(nn.Module):
@@ -95,6 +106,13 @@ class Encoder(nn.Module):
         for block in self.block:
             x = block(x)
         return self.conv2(self.snake1(x))
+
+    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
+        """`forward` over a signal that arrives in pieces (see `conv_step`); `final` marks the last piece."""
+        x = conv_step(self.conv1, x, cache, final)
+        for block in self.block:
+            x = block.step(x, cache, final)
+        return conv_step(self.conv2, self.snake1(x), cache, final)
 
 
 class DecoderBlock(nn.Module):
@@ -116,6 +134,39 @@ class DecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_t1(self.snake1(x))
         return self.res_unit3(self.res_unit2(self.res_unit1(x)))
+
+    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
+        x = self._conv_t1_step(self.snake1(x), cache, final)
+        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
+            x = unit.step(x, cache, final)
+        return x
+
+    def _conv_t1_step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
+        """The transposed conv as `stride` phases of one kernel-2 conv (polyphase), which runs 1.5-2x faster on
+        CPU and streams like any conv. With kernel 2s, uncropped output m * s + r is
+        W[:, :, r]^T x[m] + W[:, :, r + s]^T x[m - 1]; `padding` samples are then cropped at both ends."""
+        conv, s = self.conv_t1, self.conv_t1.stride[0]
+        c_in, c_out, _ = conv.weight.shape
+        weight = conv.weight  # computed afresh on each access under weight norm: then nothing is cached
+        key = None if nn.utils.parametrize.is_parametrized(conv) else (weight.data_ptr(), weight._version, weight.dtype)
+        if key is None or getattr(self, "_polyphase_key", None) != key:
+            # (C_in, C_out, [q, r]) -> (C_out * s, C_in, 2), taps ordered x[m - 1], x[m]
+            w = weight.view(c_in, c_out, 2, s).flip(2).permute(1, 3, 0, 2).reshape(c_out * s, c_in, 2)
+            self._polyphase = PlainConv(w.contiguous(), conv.bias.repeat_interleave(s), padding=1)
+            self._polyphase_key = key
+        z = conv_step(self._polyphase, x, cache, final, key=self)  # (B, C_out * s, n)
+        batch, _, n = z.shape
+        z = z.view(batch, c_out, s, n).transpose(2, 3).reshape(batch, c_out, n * s)  # interleave the phases
+
+        crop = cache.setdefault(conv, {"start": conv.padding[0], "held": None})
+        if crop["held"] is not None:
+            z = torch.cat([crop["held"], z], dim=-1)
+        start = min(crop["start"], z.shape[-1])
+        crop["start"] -= start
+        end = z.shape[-1] - conv.padding[0]  # the last `padding` samples so far may be the stream's end
+        if not final:
+            crop["held"] = z[..., max(start, end) :].clone()
+        return z[..., start : max(start, end)]
 
 
 class Decoder(nn.Module):
@@ -139,6 +190,13 @@ class Decoder(nn.Module):
         for block in self.block:
             x = block(x)
         return torch.tanh(self.conv2(self.snake1(x)))
+
+    def step(self, z: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
+        """`forward` over latent frames that arrive in pieces (see `conv_step`); `final` marks the last piece."""
+        x = conv_step(self.conv1, z, cache, final)
+        for block in self.block:
+            x = block.step(x, cache, final)
+        return torch.tanh_(conv_step(self.conv2, self.snake1(x), cache, final))
 
 
 class VectorQuantize(nn.Module):

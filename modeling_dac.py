@@ -21,15 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .chunking import (
-    conv_geometry,
-    decoder_context,
-    encoder_context,
-    output_length,
-    plan_chunks,
-    plan_overlap_chunks,
-    stream_windows,
-)
+from .chunking import conv_geometry, input_span, output_length, plan_overlap_chunks
 from .configuration_dac import DECODING_MODES, DacConfig
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
 
@@ -116,6 +108,17 @@ class DacModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "DacModel":
+        model = super().from_pretrained(*args, **kwargs)
+        # safetensors may hand out views at any byte offset of the file; oneDNN picks other kernels (other float
+        # rounding, less speed) for unaligned weights, so give every parameter its own aligned storage.
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.data_ptr() % 64:
+                    parameter.data = parameter.data.clone()
+        return model
+
     # ----------------------------------------------------------------------------------------------------------
     # Derived geometry
     @property
@@ -125,16 +128,6 @@ class DacModel(PreTrainedModel):
     @property
     def sampling_rate(self) -> int:
         return self.config.sampling_rate
-
-    @property
-    def encoder_context(self) -> tuple[int, int]:
-        """Frames of context (left, right) an encoder chunk needs for exact results."""
-        return encoder_context(self._encoder_geometry, self.hop_length)
-
-    @property
-    def decoder_context(self) -> tuple[int, int]:
-        """Frames of context (left, right) a decoder chunk needs for exact results."""
-        return decoder_context(self._decoder_geometry, self.hop_length)
 
     def num_frames(self, num_samples: int) -> int:
         """Code frames for `num_samples` samples at the model's rate: ceil(num_samples / hop_length)."""
@@ -305,15 +298,15 @@ class DacModel(PreTrainedModel):
             chunk_size_in_sec = self.config.encoding_chunk_size_in_sec
         chunk = self._chunk_frames(chunk_size_in_sec, self.config.frame_rate, "chunk_size_in_sec")
 
-        hop, n_frames = self.hop_length, self.num_frames(audio.shape[-1])
-        audio = nn.functional.pad(audio, (0, n_frames * hop - audio.shape[-1]))  # as the reference's preprocess
+        n_frames = self.num_frames(audio.shape[-1])
         z_q = audio.new_empty(audio.shape[0], self.config.latent_dim, n_frames)
         codes = torch.empty(audio.shape[0], n_quantizers, n_frames, dtype=torch.long, device=audio.device)
-        for c in plan_chunks(n_frames, chunk, *self.encoder_context):
-            z = self.encoder(audio[..., c.context_start * hop : c.context_stop * hop])
-            z_q[..., c.start : c.stop], codes[..., c.start : c.stop] = self.quantizer(
-                z[..., c.offset : c.offset + c.size], n_quantizers
-            )
+        pieces = audio.split(chunk * self.hop_length if chunk else audio.shape[-1], dim=-1)
+        done = 0
+        for z_q_piece, codes_piece in self._encode_pieces(pieces, n_quantizers):
+            z_q[..., done : done + z_q_piece.shape[-1]] = z_q_piece
+            codes[..., done : done + codes_piece.shape[-1]] = codes_piece
+            done += codes_piece.shape[-1]
         return DacEncoderOutput(z_q=z_q, codes=codes)
 
     @torch.inference_mode()
@@ -344,22 +337,67 @@ class DacModel(PreTrainedModel):
         if chunk_size is None:
             chunk_size = self.config.decoding_chunk_size
         chunk = self._chunk_frames(chunk_size, 1, "chunk_size")
-        z_q = self._check_latent(zq) if zq is not None else self.quantizer.from_codes(self._check_codes(s))
+        if zq is not None:
+            z_q = self._check_latent(zq)
+            n_frames, batch = z_q.shape[-1], z_q.shape[0]
+        else:
+            codes = self._check_codes(s)
+            n_frames, batch = codes.shape[-1], codes.shape[0]
 
-        hop, n_frames = self.hop_length, z_q.shape[-1]
-        audio = z_q.new_zeros(z_q.shape[0], 1, self.num_samples(n_frames))
         if mode == "overlap_average":
+            z_q = z_q if zq is not None else self.quantizer.from_codes(codes)
+            hop = self.hop_length
+            audio = z_q.new_zeros(batch, 1, self.num_samples(n_frames))
             weight = torch.zeros_like(audio)
             for start, stop in plan_overlap_chunks(n_frames, chunk, self.config.decoding_overlap_rate):
                 y = self.decoder(z_q[..., start:stop])
                 audio[..., start * hop : start * hop + y.shape[-1]] += y
                 weight[..., start * hop : start * hop + y.shape[-1]] += 1
             return audio.div_(weight)
-        for c in plan_chunks(n_frames, chunk, *self.decoder_context):
-            y = self.decoder(z_q[..., c.context_start : c.context_stop])
-            y = y[..., c.offset * hop : (c.offset + c.size) * hop]
-            audio[..., c.start * hop : c.start * hop + y.shape[-1]] = y
+
+        # Codes become latents piece by piece too, so a long signal's z_q is never held whole.
+        step = chunk or n_frames
+        if zq is not None:
+            pieces = z_q.split(step, dim=-1)
+        else:
+            pieces = (self.quantizer.from_codes(piece) for piece in codes.split(step, dim=-1))
+        audio = torch.empty(batch, 1, self.num_samples(n_frames), dtype=self.dtype, device=self.device)
+        done = 0
+        for piece in self._decode_pieces(pieces):
+            audio[..., done : done + piece.shape[-1]] = piece
+            done += piece.shape[-1]
+        assert done == audio.shape[-1], (done, audio.shape)
         return audio
+
+    def _encode_pieces(self, pieces: Iterable[torch.Tensor], n_quantizers: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(z_q, codes) of the frames that each piece of model-rate audio (batch, 1, t) completes.
+
+        The encoder runs as a stream (`Encoder.step`): each convolution keeps the input tail that its next
+        outputs read, so every sample is computed once and the result equals whole-signal encoding.
+        """
+        cache, received, piece = {}, 0, None
+        for piece in pieces:
+            received += piece.shape[-1]
+            z = self.encoder.step(piece, cache, final=False)
+            if z.shape[-1]:
+                yield self.quantizer(z, n_quantizers)
+        if piece is None:
+            raise ValueError("The audio stream held no blocks; it needs at least one sample.")
+        # The end of the signal, padded to whole frames as the reference's preprocess does.
+        z = self.encoder.step(piece.new_zeros(*piece.shape[:-1], -received % self.hop_length), cache, final=True)
+        if z.shape[-1]:
+            yield self.quantizer(z, n_quantizers)
+
+    def _decode_pieces(self, pieces: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The audio (batch, 1, t) that each piece of latent frames (batch, latent_dim, n) completes."""
+        cache, piece = {}, None
+        for piece in pieces:
+            audio = self.decoder.step(piece, cache, final=False)
+            if audio.shape[-1]:
+                yield audio
+        if piece is None:
+            raise ValueError("The code stream held no blocks; it needs at least one frame.")
+        yield self.decoder.step(piece[..., :0], cache, final=True)
 
     @torch.inference_mode()
     def encode_stream(
@@ -371,8 +409,8 @@ class DacModel(PreTrainedModel):
     ) -> Iterator[torch.Tensor]:
         """Encodes audio that arrives in blocks, yielding codes as soon as they are determined.
 
-        The codes, concatenated along time, equal `encode` of the whole signal. A frame is determined once the
-        audio reaches `encoder_context[1]` frames past it: that lookahead is the latency (`stream_latency`).
+        The codes, concatenated along time, equal `encode` of the whole signal. A frame is yielded as soon as the
+        audio reaches the end of its receptive field: `stream_latency["encode"]` past the frame's end.
 
         Args:
             blocks: Samples at the model's rate, each shaped (time,), (channels, time) or (batch, channels, time);
@@ -394,16 +432,16 @@ class DacModel(PreTrainedModel):
             chunk_size_in_sec = self.config.encoding_chunk_size_in_sec
         chunk = self._chunk_frames(chunk_size_in_sec, self.config.frame_rate, "chunk_size_in_sec")
         audio = (self._prepare_audio(block, sample_rate) for block in blocks)
-        for window, offset, size in stream_windows(audio, self.hop_length, *self.encoder_context, chunk):
-            z = self.encoder(window)[..., offset : offset + size]
-            yield self.quantizer(z, n_quantizers)[1]
+        pieces = (piece for block in audio for piece in block.split(chunk * self.hop_length or block.shape[-1], -1))
+        for _, codes in self._encode_pieces(pieces, n_quantizers):
+            yield codes
 
     @torch.inference_mode()
     def decode_stream(self, blocks: Iterable[torch.Tensor], chunk_size: Optional[int] = None) -> Iterator[torch.Tensor]:
         """Decodes codes that arrive in blocks of frames, yielding audio as soon as it is determined.
 
-        The audio, concatenated along time, equals `decode(s=...)` of all the codes. A frame's samples are
-        determined once the codes reach `decoder_context[1]` frames past it (`stream_latency`).
+        The audio, concatenated along time, equals `decode(s=...)` of all the codes. Each sample is yielded as soon
+        as the codes reach the end of its receptive field (`stream_latency["decode"]`).
 
         Args:
             blocks: Codes shaped (batch, n, frames), n <= n_codebooks, the same n in every block.
@@ -415,16 +453,20 @@ class DacModel(PreTrainedModel):
         if chunk_size is None:
             chunk_size = self.config.decoding_chunk_size
         chunk = self._chunk_frames(chunk_size, 1, "chunk_size")
-        hop = self.hop_length
-        codes = (self._check_codes(block) for block in blocks)
-        for window, offset, size in stream_windows(codes, 1, *self.decoder_context, chunk):
-            yield self.decoder(self.quantizer.from_codes(window))[..., offset * hop : (offset + size) * hop]
+        codes = (piece for block in blocks for piece in self._check_codes(block).split(chunk or block.shape[-1], -1))
+        yield from self._decode_pieces(self.quantizer.from_codes(piece) for piece in codes)
 
     @property
     def stream_latency(self) -> dict[str, float]:
-        """Lookahead of `encode_stream` and `decode_stream` in seconds: the right context of each."""
-        frame = 1 / self.config.frame_rate
-        return {"encode": self.encoder_context[1] * frame, "decode": self.decoder_context[1] * frame}
+        """Lookahead of the streams in seconds. `encode_stream` yields a frame's codes once the audio reaches
+        this far past the frame's end; `decode_stream` yields all of a frame's audio once the codes reach this
+        far past the frame."""
+        _, last_sample = input_span(self._encoder_geometry, 0, 0)
+        _, last_frame = input_span(self._decoder_geometry, 0, self.hop_length - 1)
+        return {
+            "encode": (last_sample + 1 - self.hop_length) / self.sampling_rate,
+            "decode": last_frame / self.config.frame_rate,
+        }
 
     def forward(
         self,

@@ -67,23 +67,12 @@ def test_receptive_field_matches_gradients(model, module_name):
     assert chunking.output_length(layers, n_in) == y.shape[-1]
 
 
-def test_context_is_derived_from_geometry(model):
-    hop = model.hop_length
-    lo, hi = chunking.input_span(chunking.conv_geometry(model.encoder), 0, 0)
-    left, right = model.encoder_context
-    assert left * hop >= -lo > (left - 1) * hop
-    assert (1 + right) * hop > hi >= right * hop
-    lo, hi = chunking.input_span(chunking.conv_geometry(model.decoder), 0, hop - 1)
-    assert model.decoder_context == (-lo, hi)
-
-
-@pytest.mark.parametrize("n_frames,chunk,left,right", [(1, 1, 3, 2), (10, 3, 2, 5), (37, 8, 10, 10), (5, 0, 4, 4)])
-def test_plan_chunks_covers_every_frame_once(n_frames, chunk, left, right):
-    chunks = list(chunking.plan_chunks(n_frames, chunk, left, right))
-    assert [f for c in chunks for f in range(c.start, c.stop)] == list(range(n_frames))
-    for c in chunks:
-        assert c.context_start == max(0, c.start - left) or chunk == 0
-        assert c.context_stop == min(n_frames, c.stop + right) or chunk == 0
+def test_stream_latency_is_the_receptive_field(model):
+    hop, rate = model.hop_length, model.config.sampling_rate
+    _, last_sample = chunking.input_span(chunking.conv_geometry(model.encoder), 0, 0)
+    _, last_frame = chunking.input_span(chunking.conv_geometry(model.decoder), 0, hop - 1)
+    assert model.stream_latency["encode"] == (last_sample + 1 - hop) / rate > 0
+    assert model.stream_latency["decode"] == last_frame / model.config.frame_rate > 0
 
 
 def test_chunked_encode_equals_whole(model):
@@ -129,23 +118,24 @@ def test_encode_stream_equals_offline(model):
 
 
 def test_encode_stream_yields_as_soon_as_determined(model):
-    """Once audio reaches frame f + lookahead, the codes of frames 0 .. f have been yielded, and no later."""
-    rate, hop, lookahead = model.config.sampling_rate, model.hop_length, model.encoder_context[1]
+    """A frame's codes come out as soon as the audio reaches the end of the frame's receptive field."""
+    rate, hop = model.config.sampling_rate, model.hop_length
+    _, last_sample = chunking.input_span(chunking.conv_geometry(model.encoder), 0, 0)
     audio = audio_of(30 * hop)
-    consumed = 0
+    block, received = 100, 0
 
     def blocks():
-        nonlocal consumed
-        for i in range(30):
-            consumed += 1
-            yield audio[..., i * hop : (i + 1) * hop]
+        nonlocal received
+        for start in range(0, audio.shape[-1], block):
+            received = min(start + block, audio.shape[-1])
+            yield audio[..., start : start + block]
 
-    yielded = []
+    yielded = 0
     for codes in model.encode_stream(blocks(), sample_rate=rate, chunk_size_in_sec=0):
-        yielded.append(codes.shape[-1])
-        if consumed < 30:
-            assert sum(yielded) == consumed - lookahead
-    assert sum(yielded) == 30 and len(yielded) == 30 - lookahead + 1
+        yielded += codes.shape[-1]
+        if received < audio.shape[-1]:  # frame f is determined once samples up to f * hop + last_sample arrived
+            assert yielded == (received - 1 - last_sample) // hop + 1
+    assert yielded == 30
 
 
 def test_decode_stream_equals_offline(model):
@@ -167,7 +157,8 @@ def test_overlap_average_mode(model):
     whole = model.decode(s=codes, chunk_size=0)
     averaged = model.decode(s=codes, chunk_size=10, mode="overlap_average")
     assert averaged.shape == whole.shape and torch.isfinite(averaged).all()
-    assert torch.equal(model.decode(s=codes, chunk_size=40, mode="overlap_average"), whole)
+    one_chunk = model.decode(s=codes, chunk_size=40, mode="overlap_average")
+    assert (one_chunk - whole).abs().max() <= AUDIO_TOLERANCE
     assert (averaged - whole).abs().max() > AUDIO_TOLERANCE
 
 

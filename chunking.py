@@ -136,3 +136,21 @@ def residual_step(skip_owner: nn.Module, x: torch.Tensor, y: torch.Tensor, cache
     x = x if pending is None else torch.cat([pending, x], dim=-1)
     cache[skip_owner] = x[..., y.shape[-1] :].clone()
     return y.add_(x[..., : y.shape[-1]])
+
+
+def run_stages(stages: list, x: torch.Tensor, cache: StreamCache, final: bool, budget: int) -> Iterator[torch.Tensor]:
+    """Feeds x through a chain of streaming stages, given as (stage, growth) with `stage(x, cache, final) -> y`
+    and growth the size of the stage's largest activation over its input's, splitting every stage's input into
+    tiles whose activations hold at most `budget` elements, so that they stay in cache whatever the piece's size.
+    Yields the last stage's output tile by tile."""
+    if not stages:
+        yield x
+        return
+    (stage, growth), rest = stages[0], stages[1:]
+    if x.shape[-1]:
+        for tile in x.split(max(1, int(budget / (x.shape[0] * x.shape[1] * growth))), dim=-1):
+            y = stage(tile, cache, False)
+            if y.shape[-1]:
+                yield from run_stages(rest, y, cache, False, budget)
+    if final:
+        yield from run_stages(rest, stage(x[..., :0], cache, True), cache, True, budget)

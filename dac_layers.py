@@ -12,13 +12,16 @@ reference's `nn.Sequential` names are mapped by `scripts/convert_checkpoint.py`.
 
 from __future__ import annotations
 
-from typing import Optional
+from functools import partial
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chunking import PlainConv, StreamCache, conv_step, residual_step
+from .chunking import PlainConv, StreamCache, conv_step, residual_step, run_stages
+
+TILE_ELEMENTS = 1 << 22  # activations per streaming step and layer: 16 MB in fp32, in cache and off mmap
 
 KERNEL_SIZE = 7  # every non-strided convolution of the encoder and decoder, except the encoder's last (3)
 DILATIONS = (1, 3, 9)  # the three residual units of every block
@@ -107,11 +110,14 @@ class Encoder(nn.Module):
             x = block(x)
         return self.conv2(self.snake1(x))
 
-    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        """`forward` over a signal that arrives in pieces (see `conv_step`); `final` marks the last piece."""
-        x = conv_step(self.conv1, x, cache, final)
-        for block in self.block:
-            x = block.step(x, cache, final)
+    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> Iterator[torch.Tensor]:
+        """`forward` over a signal that arrives in pieces (see `conv_step`); `final` marks the last piece.
+        Yields the latent frames that the piece completes, in tiles."""
+        first = (partial(conv_step, self.conv1), self.conv1.out_channels)
+        stages = [first, *((block.step, 1) for block in self.block), (self._output_step, 1)]
+        return run_stages(stages, x, cache, final, TILE_ELEMENTS)
+
+    def _output_step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
         return conv_step(self.conv2, self.snake1(x), cache, final)
 
 
@@ -191,11 +197,15 @@ class Decoder(nn.Module):
             x = block(x)
         return torch.tanh(self.conv2(self.snake1(x)))
 
-    def step(self, z: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        """`forward` over latent frames that arrive in pieces (see `conv_step`); `final` marks the last piece."""
-        x = conv_step(self.conv1, z, cache, final)
-        for block in self.block:
-            x = block.step(x, cache, final)
+    def step(self, z: torch.Tensor, cache: StreamCache, final: bool) -> Iterator[torch.Tensor]:
+        """`forward` over latent frames that arrive in pieces (see `conv_step`); `final` marks the last piece.
+        Yields the audio that the piece completes, in tiles."""
+        first = (partial(conv_step, self.conv1), self.conv1.out_channels / self.conv1.in_channels)
+        blocks = ((block.step, block.conv_t1.stride[0] / 2) for block in self.block)  # T * stride, C / 2
+        stages = [first, *blocks, (self._output_step, 1)]
+        return run_stages(stages, z, cache, final, TILE_ELEMENTS)
+
+    def _output_step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
         return torch.tanh_(conv_step(self.conv2, self.snake1(x), cache, final))
 
 

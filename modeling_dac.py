@@ -378,26 +378,24 @@ class DacModel(PreTrainedModel):
         cache, received, piece = {}, 0, None
         for piece in pieces:
             received += piece.shape[-1]
-            z = self.encoder.step(piece, cache, final=False)
-            if z.shape[-1]:
+            for z in self.encoder.step(piece, cache, final=False):
                 yield self.quantizer(z, n_quantizers)
         if piece is None:
             raise ValueError("The audio stream held no blocks; it needs at least one sample.")
         # The end of the signal, padded to whole frames as the reference's preprocess does.
-        z = self.encoder.step(piece.new_zeros(*piece.shape[:-1], -received % self.hop_length), cache, final=True)
-        if z.shape[-1]:
-            yield self.quantizer(z, n_quantizers)
+        end = piece.new_zeros(*piece.shape[:-1], -received % self.hop_length)
+        for z in self.encoder.step(end, cache, final=True):
+            if z.shape[-1]:
+                yield self.quantizer(z, n_quantizers)
 
     def _decode_pieces(self, pieces: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """The audio (batch, 1, t) that each piece of latent frames (batch, latent_dim, n) completes."""
         cache, piece = {}, None
         for piece in pieces:
-            audio = self.decoder.step(piece, cache, final=False)
-            if audio.shape[-1]:
-                yield audio
+            yield from self.decoder.step(piece, cache, final=False)
         if piece is None:
             raise ValueError("The code stream held no blocks; it needs at least one frame.")
-        yield self.decoder.step(piece[..., :0], cache, final=True)
+        yield from self.decoder.step(piece[..., :0], cache, final=True)
 
     @torch.inference_mode()
     def encode_stream(

@@ -229,8 +229,9 @@ class VectorQuantize(nn.Module):
 
     def nearest(self, z_e: torch.Tensor) -> torch.Tensor:
         """Index of the nearest codebook entry for each frame of z_e (batch, codebook_dim, frames)."""
-        encodings = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))  # (B, D, T) -> (B * T, D)
-        codebook = F.normalize(self.codebook.weight)
+        # In float32 whatever the model's dtype: an 8-dim lookup costs nothing, and bf16 would blur near-ties.
+        encodings = F.normalize(z_e.float().transpose(1, 2).reshape(-1, z_e.shape[1]))  # (B, D, T) -> (B * T, D)
+        codebook = F.normalize(self.codebook.weight.float())
         dist = (
             encodings.pow(2).sum(1, keepdim=True)
             - 2 * encodings @ codebook.t()

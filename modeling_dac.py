@@ -334,20 +334,11 @@ class DacModel(PreTrainedModel):
         mode = mode if mode is not None else self.config.decoding_mode
         if mode not in DECODING_MODES:
             raise ValueError(f"`mode` must be one of {DECODING_MODES}, got {mode!r}.")
-        if chunk_size is None:
-            chunk_size = self.config.decoding_chunk_size
-        chunk = self._chunk_frames(chunk_size, 1, "chunk_size")
-        if zq is not None:
-            z_q = self._check_latent(zq)
-            n_frames, batch = z_q.shape[-1], z_q.shape[0]
-        else:
-            codes = self._check_codes(s)
-            n_frames, batch = codes.shape[-1], codes.shape[0]
-
+        chunk = self._decode_chunk(chunk_size)
         if mode == "overlap_average":
-            z_q = z_q if zq is not None else self.quantizer.from_codes(codes)
-            hop = self.hop_length
-            audio = z_q.new_zeros(batch, 1, self.num_samples(n_frames))
+            z_q = self._check_latent(zq) if zq is not None else self.quantizer.from_codes(self._check_codes(s))
+            hop, n_frames = self.hop_length, z_q.shape[-1]
+            audio = z_q.new_zeros(z_q.shape[0], 1, self.num_samples(n_frames))
             weight = torch.zeros_like(audio)
             for start, stop in plan_overlap_chunks(n_frames, chunk, self.config.decoding_overlap_rate):
                 y = self.decoder(z_q[..., start:stop])
@@ -355,12 +346,7 @@ class DacModel(PreTrainedModel):
                 weight[..., start * hop : start * hop + y.shape[-1]] += 1
             return audio.div_(weight)
 
-        # Codes become latents piece by piece too, so a long signal's z_q is never held whole.
-        step = chunk or n_frames
-        if zq is not None:
-            pieces = z_q.split(step, dim=-1)
-        else:
-            pieces = (self.quantizer.from_codes(piece) for piece in codes.split(step, dim=-1))
+        pieces, batch, n_frames = self._latent_pieces(zq, s, chunk)
         audio = torch.empty(batch, 1, self.num_samples(n_frames), dtype=self.dtype, device=self.device)
         done = 0
         for piece in self._decode_pieces(pieces):
@@ -368,6 +354,40 @@ class DacModel(PreTrainedModel):
             done += piece.shape[-1]
         assert done == audio.shape[-1], (done, audio.shape)
         return audio
+
+    @torch.inference_mode()
+    def decode_to_audiofile(
+        self,
+        path: Union[str, os.PathLike],
+        zq: Optional[torch.Tensor] = None,
+        s: Optional[torch.Tensor] = None,
+        chunk_size: Optional[int] = None,
+    ) -> None:
+        """Decodes straight into an audio file (format by extension), holding no more than a chunk of audio:
+        an hour of codes decodes in the memory of a chunk. Same arguments and result as `decode` (exact mode)."""
+        pieces, batch, _ = self._latent_pieces(zq, s, self._decode_chunk(chunk_size))
+        if batch != 1:
+            raise ValueError(f"`decode_to_audiofile` writes one signal; got a batch of {batch}: decode each item.")
+        with soundfile.SoundFile(path, "w", samplerate=self.sampling_rate, channels=1) as file:
+            for piece in self._decode_pieces(pieces):
+                file.write(piece[0, 0].float().cpu().numpy())
+
+    def _decode_chunk(self, chunk_size: Optional[int]) -> int:
+        return self._chunk_frames(
+            self.config.decoding_chunk_size if chunk_size is None else chunk_size, 1, "chunk_size"
+        )
+
+    def _latent_pieces(self, zq: Optional[torch.Tensor], s: Optional[torch.Tensor], chunk: int):
+        """Checks `zq` / `s` and splits them into latent pieces of `chunk` frames (all at once for 0). Codes
+        become latents piece by piece, so a long signal's z_q is never held whole. Returns (pieces, batch, frames)."""
+        if (zq is None) == (s is None):
+            raise ValueError("Pass exactly one of `zq` (quantized latent) and `s` (codes).")
+        if zq is not None:
+            z_q = self._check_latent(zq)
+            return z_q.split(chunk or z_q.shape[-1], dim=-1), z_q.shape[0], z_q.shape[-1]
+        codes = self._check_codes(s)
+        pieces = (self.quantizer.from_codes(piece) for piece in codes.split(chunk or codes.shape[-1], dim=-1))
+        return pieces, codes.shape[0], codes.shape[-1]
 
     def _encode_pieces(self, pieces: Iterable[torch.Tensor], n_quantizers: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """(z_q, codes) of the frames that each piece of model-rate audio (batch, 1, t) completes.
@@ -448,9 +468,7 @@ class DacModel(PreTrainedModel):
         Yields:
             Audio (batch, 1, samples) for the frames determined so far and not yet yielded.
         """
-        if chunk_size is None:
-            chunk_size = self.config.decoding_chunk_size
-        chunk = self._chunk_frames(chunk_size, 1, "chunk_size")
+        chunk = self._decode_chunk(chunk_size)
         codes = (piece for block in blocks for piece in self._check_codes(block).split(chunk or block.shape[-1], -1))
         yield from self._decode_pieces(self.quantizer.from_codes(piece) for piece in codes)
 

@@ -174,3 +174,36 @@ def test_full_size_chunked_equals_whole(preset):
     chunked = model.decode(zq=z_q, chunk_size=16)
     assert chunked.shape == whole.shape
     assert (chunked - whole).abs().max() <= AUDIO_TOLERANCE
+
+
+def test_decode_to_audiofile_writes_what_decode_returns(model, tmp_path):
+    import soundfile
+
+    codes = torch.randint(0, model.config.codebook_size, (1, model.config.n_codebooks, 37))
+    expected = model.decode(s=codes, chunk_size=0)[0, 0]
+    model.decode_to_audiofile(tmp_path / "out.flac", s=codes, chunk_size=5)
+    model.decode_to_audiofile(tmp_path / "out.wav", s=codes, chunk_size=5)
+    for name, tolerance in (("out.wav", 2.0**-15), ("out.flac", 2.0**-15)):  # 16-bit PCM by default: one LSB
+        data, rate = soundfile.read(tmp_path / name, dtype="float32")
+        assert rate == model.config.sampling_rate and data.shape == expected.shape
+        assert abs(torch.from_numpy(data) - expected).max() <= tolerance
+    with pytest.raises(ValueError, match="one signal"):
+        model.decode_to_audiofile(tmp_path / "batch.wav", s=codes.repeat(2, 1, 1))
+
+
+def test_bfloat16_model_runs_close_to_float32(model):
+    """The reduced-precision path: same shapes, codes mostly equal, audio within bf16's ~3 significant digits."""
+    import copy
+
+    rate = model.config.sampling_rate
+    audio = audio_of(20 * model.hop_length, seed=5)
+    z_q, codes = model.encode(audio, sample_rate=rate)
+    reference = model.decode(s=codes)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    z_q16, codes16 = half.encode(audio, sample_rate=rate)
+    assert codes16.shape == codes.shape and z_q16.dtype == torch.bfloat16
+    assert (codes16 == codes).float().mean() > 0.5
+    audio16 = half.decode(s=codes)
+    assert audio16.shape == reference.shape and audio16.dtype == torch.bfloat16
+    error = (audio16.float() - reference).pow(2).sum() / reference.pow(2).sum()
+    assert error < 10 ** (-20 / 10)  # SNR above 20 dB

@@ -26,6 +26,7 @@ from .configuration_dac import DECODING_MODES, DacConfig
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
 
 AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+QUANTIZE_FRAMES = 1024  # latent frames quantized together by `encode` (streams quantize at once)
 
 
 class _UnpacksAsTuple:
@@ -303,7 +304,7 @@ class DacModel(PreTrainedModel):
         codes = torch.empty(audio.shape[0], n_quantizers, n_frames, dtype=torch.long, device=audio.device)
         pieces = audio.split(chunk * self.hop_length if chunk else audio.shape[-1], dim=-1)
         done = 0
-        for z_q_piece, codes_piece in self._encode_pieces(pieces, n_quantizers):
+        for z_q_piece, codes_piece in self._encode_pieces(pieces, n_quantizers, min_frames=QUANTIZE_FRAMES):
             z_q[..., done : done + z_q_piece.shape[-1]] = z_q_piece
             codes[..., done : done + codes_piece.shape[-1]] = codes_piece
             done += codes_piece.shape[-1]
@@ -389,24 +390,36 @@ class DacModel(PreTrainedModel):
         pieces = (self.quantizer.from_codes(piece) for piece in codes.split(chunk or codes.shape[-1], dim=-1))
         return pieces, codes.shape[0], codes.shape[-1]
 
-    def _encode_pieces(self, pieces: Iterable[torch.Tensor], n_quantizers: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _encode_pieces(
+        self, pieces: Iterable[torch.Tensor], n_quantizers: int, min_frames: int = 0
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
         """(z_q, codes) of the frames that each piece of model-rate audio (batch, 1, t) completes.
 
-        The encoder runs as a stream (`Encoder.step`): each convolution keeps the input tail that its next
-        outputs read, so every sample is computed once and the result equals whole-signal encoding.
+        The encoder runs as a stream (`Encoder.step`), so the result equals whole-signal encoding. Latent frames
+        are quantized in groups of at least `min_frames` (0: as soon as they come), since the quantizer's many
+        small projections cost more per frame on short inputs.
         """
-        cache, received, piece = {}, 0, None
+        cache, received, piece, pending = {}, 0, None, []
+
+        def quantize(final: bool):
+            if pending and (final or sum(z.shape[-1] for z in pending) >= min_frames):
+                z = torch.cat(pending, dim=-1) if len(pending) > 1 else pending[0]
+                pending.clear()
+                yield self.quantizer(z, n_quantizers)
+
         for piece in pieces:
             received += piece.shape[-1]
             for z in self.encoder.step(piece, cache, final=False):
-                yield self.quantizer(z, n_quantizers)
+                pending.append(z)
+                yield from quantize(final=False)
         if piece is None:
             raise ValueError("The audio stream held no blocks; it needs at least one sample.")
         # The end of the signal, padded to whole frames as the reference's preprocess does.
         end = piece.new_zeros(*piece.shape[:-1], -received % self.hop_length)
         for z in self.encoder.step(end, cache, final=True):
             if z.shape[-1]:
-                yield self.quantizer(z, n_quantizers)
+                pending.append(z)
+        yield from quantize(final=True)
 
     def _decode_pieces(self, pieces: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """The audio (batch, 1, t) that each piece of latent frames (batch, latent_dim, n) completes."""

@@ -43,10 +43,13 @@ class DacEncoderOutput(_UnpacksAsTuple, ModelOutput):
     Args:
         z_q: (batch, latent_dim, frames) quantized latent, the sum of the codebooks' contributions.
         codes: (batch, n_quantizers, frames) int64 codebook indices in [0, codebook_size).
+        frame_lengths: (batch,) valid frames of each item, only when `encode` was given `lengths` (then the
+            output unpacks as `zq, s, frame_lengths`); frames past an item's length hold zeros.
     """
 
     z_q: Optional[torch.Tensor] = None
     codes: Optional[torch.Tensor] = None
+    frame_lengths: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -277,6 +280,7 @@ class DacModel(PreTrainedModel):
         sample_rate: Optional[int] = None,
         n_quantizers: Optional[int] = None,
         chunk_size_in_sec: Optional[float] = None,
+        lengths: Optional[Union[list[int], torch.Tensor]] = None,
     ) -> DacEncoderOutput:
         """Encodes audio into codes.
 
@@ -288,11 +292,15 @@ class DacModel(PreTrainedModel):
             n_quantizers: Number of codebooks to use (the bitrate), 1 to `config.n_codebooks`; all by default.
             chunk_size_in_sec: Audio per chunk; `config.encoding_chunk_size_in_sec` by default; 0 for no chunking.
                 The codes do not depend on it.
+            lengths: For a padded batch (batch, channels, time) of signals of different lengths: the samples of
+                each. Each item is then encoded as if alone, and the output carries `frame_lengths`.
 
         Returns:
             `DacEncoderOutput` (unpacks as `zq, s`): z_q (batch, latent_dim, frames) and codes
             (batch, n_quantizers, frames), frames = ceil(samples / hop_length) at the model's rate.
         """
+        if lengths is not None:
+            return self._encode_padded_batch(audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths)
         audio = self._prepare_audio(audio, sample_rate)
         n_quantizers = self._check_n_quantizers(n_quantizers)
         if chunk_size_in_sec is None:
@@ -309,6 +317,28 @@ class DacModel(PreTrainedModel):
             codes[..., done : done + codes_piece.shape[-1]] = codes_piece
             done += codes_piece.shape[-1]
         return DacEncoderOutput(z_q=z_q, codes=codes)
+
+    def _encode_padded_batch(self, audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths) -> DacEncoderOutput:
+        """Encodes each item of a padded batch on its own, so padding never leaks into an item's codes."""
+        if not isinstance(audio, (np.ndarray, torch.Tensor)) or audio.ndim != 3:
+            raise ValueError("`lengths` needs a padded batch shaped (batch, channels, time) as a tensor or array.")
+        lengths = [int(n) for n in (lengths.tolist() if isinstance(lengths, (torch.Tensor, np.ndarray)) else lengths)]
+        if len(lengths) != audio.shape[0] or not all(1 <= n <= audio.shape[-1] for n in lengths):
+            raise ValueError(
+                f"`lengths` must give one length in [1, {audio.shape[-1]}] per item of the batch of "
+                f"{audio.shape[0]}, got {lengths}."
+            )
+        items = [
+            self.encode(audio[i : i + 1, :, :n], sample_rate, n_quantizers, chunk_size_in_sec)
+            for i, n in enumerate(lengths)
+        ]
+        n_frames = max(item.codes.shape[-1] for item in items)
+        z_q = items[0].z_q.new_zeros(len(items), items[0].z_q.shape[1], n_frames)
+        codes = items[0].codes.new_zeros(len(items), items[0].codes.shape[1], n_frames)
+        for i, item in enumerate(items):
+            z_q[i, :, : item.z_q.shape[-1]], codes[i, :, : item.codes.shape[-1]] = item.z_q[0], item.codes[0]
+        frame_lengths = torch.tensor([item.codes.shape[-1] for item in items], device=codes.device)
+        return DacEncoderOutput(z_q=z_q, codes=codes, frame_lengths=frame_lengths)
 
     @torch.inference_mode()
     def decode(

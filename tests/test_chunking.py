@@ -207,3 +207,23 @@ def test_bfloat16_model_runs_close_to_float32(model):
     assert audio16.shape == reference.shape and audio16.dtype == torch.bfloat16
     error = (audio16.float() - reference).pow(2).sum() / reference.pow(2).sum()
     assert error < 10 ** (-20 / 10)  # SNR above 20 dB
+
+
+def test_padded_batch_with_lengths_equals_items_one_by_one(model):
+    rate, hop = model.config.sampling_rate, model.hop_length
+    lengths = [5 * hop + 7, 1, 12 * hop]
+    batch = torch.zeros(3, 1, max(lengths))
+    signals = [audio_of(n, seed=n) for n in lengths]
+    for i, signal in enumerate(signals):
+        batch[i, :, : lengths[i]] = signal[0]
+        batch[i, :, lengths[i]:] = 0.7  # padding that must not leak into the codes
+    z_q, codes, frame_lengths = model.encode(batch, sample_rate=rate, lengths=torch.tensor(lengths))
+    assert frame_lengths.tolist() == [-(-n // hop) for n in lengths]
+    for i, signal in enumerate(signals):
+        alone = model.encode(signal, sample_rate=rate)
+        assert torch.equal(codes[i, :, : frame_lengths[i]], alone.codes[0])
+        assert (codes[i, :, frame_lengths[i]:] == 0).all()
+    with pytest.raises(ValueError, match="lengths"):
+        model.encode(batch, sample_rate=rate, lengths=[1, 2])
+    with pytest.raises(ValueError, match="lengths"):
+        model.encode(batch, sample_rate=rate, lengths=[1, 2, max(lengths) + 1])

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import soundfile
 import torch
 
 dac = pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
@@ -59,7 +60,7 @@ def offline(tmp_path_factory):
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_matches_reference(preset, tmp_path, offline):
+def test_matches_reference(preset, tmp_path, offline, monkeypatch):
     from transformers import AutoModel
 
     reference = reference_model(preset)
@@ -75,7 +76,18 @@ def test_matches_reference(preset, tmp_path, offline):
         expected_from_z = reference.decode(z)
         expected_from_codes = reference.decode(reference.quantizer.from_codes(codes)[0])
 
-    # The seed model card's calls, on samples instead of a file (files are covered in test_api.py).
+    # The seed model card's snippet, verbatim, on a file holding exactly these samples (32-bit float WAV).
+    monkeypatch.chdir(tmp_path)
+    soundfile.write("file.wav", audio[0, 0].numpy(), sample_rate, subtype="FLOAT")
+    zq, s = model.encode('file.wav')
+    assert torch.equal(s, codes)
+    waveform = model.decode(zq=zq)
+    waveform = model.decode(s=s)
+    model.waveform_to_audiofile(waveform, 'out.wav')
+    model.save_tensor(s, 'tokens.pt')
+    loaded_s = model.load_tensor('tokens.pt')
+    assert torch.equal(loaded_s, s) and soundfile.info("out.wav").frames == waveform.shape[-1]
+
     zq, s = model.encode(audio, sample_rate=sample_rate, chunk_size_in_sec=0)
     assert torch.equal(s, codes)
     assert torch.allclose(zq, z, rtol=0, atol=1e-4 * z.abs().max())

@@ -1,0 +1,412 @@
+"""Speed of our DAC encode / decode next to the reference package and transformers' DacModel, same weights and input.
+
+    .venv/bin/python benchmarks/bench_speed.py                      # 44khz, 10 s, encode + decode, all three, fp32
+    .venv/bin/python benchmarks/bench_speed.py --presets 44khz 24khz 16khz --seconds 10 60 --repeats 5
+    .venv/bin/python benchmarks/bench_speed.py --dtype bfloat16 --threads 2 --json speed.json
+    .venv/bin/python benchmarks/bench_speed.py --seconds 2 --repeats 1  # quick check
+
+What is measured, per preset, length, operation and implementation:
+- ours: `DacModel.encode(x, sample_rate=sr)` / `DacModel.decode(s=codes)` with the model's default chunk sizes, loaded
+  from a converted folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
+- reference (descript-audio-codec, `dac.model.DAC`): `encode(preprocess(x, sr))` / `decode(quantizer.from_codes(codes)[0])`
+  under `torch.no_grad()`; the code-to-latent lookup is timed with decode, as ours and transformers' include it.
+- transformers: `DacModel.encode(x).audio_codes` / `DacModel.decode(audio_codes=codes).audio_values` under no_grad.
+
+Same weights: a full-size reference model with a fixed seed and perturbed alphas, biases and weight-norm gains (as in
+tests/test_reference.py) is saved as a release checkpoint, converted to our folder, and our state_dict is loaded
+strictly into transformers' DacModel. Before timing, the three must give identical codes on 1 s of audio (a warning
+is printed otherwise). Same input: a deterministic chirp + chord + noise, rounded up to whole code frames so that
+transformers (which does not pad) gets exactly the samples the others get. Decode input: the codes that OUR model
+gives for that same audio, computed once per preset and length before the timed runs and saved to a temp file.
+
+Every measurement runs in a fresh process (`--worker`): load the model, build the input, one untimed warm-up call on
+1 s, then ONE timed call. The worker reports wall time and peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`, the whole
+process: imports, weights, input and the call). The parent process never imports torch: a child started by
+`subprocess` inherits the parent's ru_maxrss through exec, so a parent holding models would inflate every reading.
+The table gives the median time of --repeats runs (runs are interleaved across implementations), the speed-up
+against the reference (reference time / time), the largest peak RSS of the runs, and the achieved GFLOP/s from the
+convolution work per second of audio in /work/shared/reference/FACTS.md. No timing is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 0
+WARMUP_SECONDS = 1.0
+IMPLS = ("ours", "reference", "transformers")
+OPS = ("encode", "decode")
+# sample rate, hop length, GFLOP per second of audio (encoder, decoder convolutions; FACTS.md)
+PRESET_INFO = {
+    "44khz": dict(sample_rate=44100, hop=512, gflop={"encode": 61.3, "decode": 138.6}),
+    "24khz": dict(sample_rate=24000, hop=320, gflop={"encode": 36.8, "decode": 83.4}),
+    "16khz": dict(sample_rate=16000, hop=320, gflop={"encode": 24.6, "decode": 55.6}),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared helpers (no torch at import time)
+def num_samples(preset: str, seconds: float) -> int:
+    """`seconds` of audio rounded up to whole code frames."""
+    info = PRESET_INFO[preset]
+    return math.ceil(seconds * info["sample_rate"] / info["hop"]) * info["hop"]
+
+
+def make_audio(sample_rate: int, length: int, seed: int = SEED):
+    """(1, 1, length) float32: a 4 s repeating chirp with an envelope, a chord and some noise.
+
+    Filled block by block into one preallocated tensor, so a long signal is never held in any other form."""
+    import torch
+
+    audio = torch.empty(1, 1, length)
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, length, sample_rate):
+        t = torch.arange(start, min(length, start + sample_rate), dtype=torch.float64) / sample_rate
+        sweep = t % 4.0
+        chirp = torch.sin(2 * math.pi * (100 * sweep + 500 * sweep**2)) * (0.5 + 0.5 * torch.sin(2 * math.pi * 1.7 * t))
+        chord = sum(torch.sin(2 * math.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
+        noise = torch.randn(t.shape, generator=generator, dtype=torch.float64)
+        audio[0, 0, start : start + t.shape[0]] = (0.4 * chirp + 0.3 * chord + 0.05 * noise).float()
+    return audio
+
+
+def reference_model(preset: str, seed: int = SEED):
+    """A full-size reference `dac.model.DAC` with random weights, perturbed as tests/test_reference.py does."""
+    import dac
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import convert_checkpoint
+
+    torch.manual_seed(seed)
+    kwargs = dict(convert_checkpoint.PRESETS[preset])
+    kwargs["sample_rate"] = kwargs.pop("sampling_rate")
+    model = dac.model.DAC(**kwargs)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha"):
+                p.uniform_(0.3, 3.0)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.02)
+            elif name.endswith("weight_g"):
+                p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+    return model.eval()
+
+
+def transformers_model(ours):
+    """transformers' DacModel with our model's weights (our parameter names are transformers' names)."""
+    import transformers
+    from torch.nn.utils import parametrize
+
+    c = ours.config
+    hf = transformers.DacModel(transformers.DacConfig(
+        encoder_hidden_size=c.encoder_dim, downsampling_ratios=list(c.encoder_rates),
+        decoder_hidden_size=c.decoder_dim, n_codebooks=c.n_codebooks, codebook_size=c.codebook_size,
+        codebook_dim=c.codebook_dim, sampling_rate=c.sampling_rate,
+    ))
+    # transformers 5.x builds plain convolutions; should a version carry weight-norm parametrizations, fold them.
+    for module in hf.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight")
+    assert hf.config.hidden_size == c.latent_dim and list(hf.config.upsampling_ratios) == list(c.decoder_rates)
+    result = hf.load_state_dict(ours.state_dict(), strict=True)  # raises on any missing or unexpected key
+    assert not result.missing_keys and not result.unexpected_keys
+    return hf.eval()
+
+
+def prepare(spec: dict) -> dict:
+    """Writes the reference checkpoint, our folder, transformers' folder and the decode codes into spec["folder"]."""
+    import torch
+    import transformers
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import convert_checkpoint
+
+    folder, preset = Path(spec["folder"]), spec["preset"]
+    sample_rate = PRESET_INFO[preset]["sample_rate"]
+    folder.mkdir(parents=True, exist_ok=True)
+    reference = reference_model(preset)
+    reference.save(str(folder / "reference.pth"), package=False)
+    ours = convert_checkpoint.model_from_original(str(folder / "reference.pth"))
+    convert_checkpoint.write_model_folder(ours, folder / "ours")
+    hf = transformers_model(ours)
+    hf.save_pretrained(folder / "transformers")
+
+    # Same weights: the three must give the same codes.
+    audio = make_audio(sample_rate, num_samples(preset, WARMUP_SECONDS))
+    with torch.no_grad():
+        codes = {
+            "ours": ours.encode(audio, sample_rate=sample_rate).codes,
+            "reference": reference.encode(reference.preprocess(audio, sample_rate))[1],
+            "transformers": hf.encode(audio).audio_codes,
+        }
+    same = all(torch.equal(codes["ours"], c) for c in codes.values())
+    del reference, hf
+
+    # Decode input: our codes for the benchmark audio (they do not depend on our chunk size), or random codes.
+    generator = torch.Generator().manual_seed(SEED)
+    for seconds in spec["seconds"]:
+        n = num_samples(preset, seconds)
+        if spec.get("codes") == "random":
+            shape = (1, ours.config.n_codebooks, n // PRESET_INFO[preset]["hop"])
+            codes = torch.randint(0, ours.config.codebook_size, shape, generator=generator)
+        else:
+            codes = ours.encode(make_audio(sample_rate, n), sample_rate=sample_rate).codes
+        torch.save(codes, folder / f"codes_{seconds:g}s.pt")
+    # The repo's model code may change while benchmarks run: record which version the folder holds.
+    code = hashlib.sha256(b"".join((folder / "ours" / name).read_bytes() for name in sorted(
+        p.name for p in (folder / "ours").glob("*.py"))))
+    return {"same_codes": same, "transformers": transformers.__version__, "torch": torch.__version__,
+            "model_code_sha256": code.hexdigest()[:12]}
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS (current) or VmHWM (peak since the last reset) of this process, from /proc, in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def _load(spec: dict, dtype):
+    """(model, encode(x), decode(codes)) for spec["impl"]; the callables run one whole operation."""
+    import torch
+
+    folder, impl = Path(spec["folder"]), spec["impl"]
+    sample_rate = PRESET_INFO[spec["preset"]]["sample_rate"]
+    chunk = spec.get("chunk")  # ours only: None = the model's default, 0 = no chunking
+    if impl == "ours":
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(folder / "ours", trust_remote_code=True).to(dtype)
+        encode = lambda x: model.encode(x, sample_rate=sample_rate, chunk_size_in_sec=chunk).codes
+        decode = lambda codes: model.decode(s=codes, chunk_size=chunk)
+        return model, encode, decode
+    if impl in ("reference", "reference-chunked"):
+        import dac
+
+        checkpoint = torch.load(folder / "reference.pth", map_location="cpu", weights_only=True)
+        model = dac.model.DAC(**checkpoint["metadata"]["kwargs"])
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+        del checkpoint
+        model = model.eval().to(dtype)
+        if impl == "reference":
+            encode = lambda x: model.encode(model.preprocess(x, sample_rate))[1]
+            decode = lambda codes: model.decode(model.quantizer.from_codes(codes)[0])
+            return model, encode, decode
+        from audiotools import AudioSignal
+
+        # The reference's own windowed compress / decompress (see bench_memory.py); decode takes the .dac file
+        # that the compress run of the same length saved.
+        def encode(x):
+            dac_file = model.compress(AudioSignal(x, sample_rate), win_duration=spec["win_duration"])
+            if spec.get("save_dac") and x.shape[-1] > sample_rate * WARMUP_SECONDS:
+                dac_file.save(spec["save_dac"])
+            return dac_file.codes
+
+        decode = lambda dac_file: model.decompress(dac_file).audio_data
+        return model, encode, decode
+    if impl == "transformers":
+        import transformers
+
+        model = transformers.DacModel.from_pretrained(folder / "transformers").eval().to(dtype)
+        encode = lambda x: model.encode(x).audio_codes
+        decode = lambda codes: model.decode(audio_codes=codes).audio_values
+        return model, encode, decode
+    raise ValueError(f"unknown impl {impl!r}")
+
+
+def _inputs(spec: dict, dtype):
+    """(full input, warm-up input) of spec["op"]."""
+    import torch
+
+    preset, seconds = spec["preset"], spec["seconds"]
+    sample_rate = PRESET_INFO[preset]["sample_rate"]
+    if spec["op"] == "encode":
+        audio = make_audio(sample_rate, num_samples(preset, seconds))
+        if dtype != torch.float32:
+            audio = audio.to(dtype)
+        return audio, audio[..., : num_samples(preset, WARMUP_SECONDS)].clone()
+    if spec["impl"] == "reference-chunked":
+        from dac.model.base import DACFile
+
+        dac_file = DACFile.load(spec["load_dac"])
+        warm = DACFile.load(spec["load_dac"])
+        warm.codes = warm.codes[..., : warm.chunk_length]  # one window, cropped to a frame's worth of samples
+        warm.original_length = PRESET_INFO[preset]["hop"]
+        return dac_file, warm
+    codes = torch.load(Path(spec["folder"]) / f"codes_{seconds:g}s.pt", weights_only=True)
+    frames = math.ceil(WARMUP_SECONDS * sample_rate / PRESET_INFO[preset]["hop"])
+    return codes, codes[..., :frames].clone()
+
+
+def worker(spec: dict) -> dict:
+    """One measurement in this (fresh) process: load, build the input, warm up on 1 s, time one call."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    torch.manual_seed(SEED)
+    dtype = getattr(torch, spec["dtype"])
+    result = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    try:
+        model, encode, decode = _load(spec, dtype)
+        run = encode if spec["op"] == "encode" else decode
+        full, warm = _inputs(spec, dtype)
+        result["rss_loaded_mb"] = _rss_mb("VmRSS")  # weights and input resident, before any call
+        with torch.no_grad():
+            run(warm)
+            peak_before = _maxrss_mb()
+            with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM, to read the timed call's own peak
+                f.write("5")
+            start = time.perf_counter()
+            output = run(full)
+            result["time_s"] = time.perf_counter() - start
+        result["call_peak_mb"] = _rss_mb("VmHWM")
+        result["peak_rss_mb"] = max(peak_before, _maxrss_mb())
+        result["output_shape"] = list(output.shape)
+    except Exception as error:  # reported in the table; the other measurements go on
+        result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
+        result["peak_rss_mb"] = _maxrss_mb()
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parent side: spawns workers, never imports torch
+def spawn(script: str, mode: str, spec: dict, home: Path, timeout: float | None = None) -> dict:
+    """Runs `python script --<mode> JSON` in a fresh process and returns the JSON it prints last."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(home)}
+    command = [sys.executable, script, f"--{mode}", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"worker exit code {done.returncode}: {tail}"[:200]}
+    return json.loads(lines[-1])
+
+
+def worker_main(argv: list[str]) -> bool:
+    """Handles `--worker JSON` and `--prepare JSON`; True if this process was one of them."""
+    if len(argv) == 2 and argv[0] in ("--worker", "--prepare"):
+        spec = json.loads(argv[1])
+        print(json.dumps(worker(spec) if argv[0] == "--worker" else prepare(spec)), flush=True)
+        return True
+    return False
+
+
+def fmt(value, digits=2, suffix=""):
+    return "—" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def command_line() -> str:
+    return shlex.join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else
+                       sys.executable, *sys.argv])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["44khz"], choices=list(PRESET_INFO))
+    parser.add_argument("--seconds", nargs="+", type=float, default=[10.0], help="audio length(s); e.g. 10 60")
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="weights and audio of every implementation (codes stay int64)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per point (median)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before a worker is given up")
+    parser.add_argument("--json", help="also write the results as JSON to this path")
+    args = parser.parse_args()
+
+    points = [(p, s, o, i) for p in args.presets for s in args.seconds for o in args.ops for i in args.impls]
+    runs = {point: [] for point in points}
+    load_start = os.getloadavg()[0]
+    temp = Path(tempfile.mkdtemp(prefix="dac_bench_speed_"))
+    try:
+        checks = {}
+        for preset in args.presets:
+            print(f"preparing {preset} (weights, converted folders, codes) ...", file=sys.stderr, flush=True)
+            checks[preset] = spawn(__file__, "prepare", {"preset": preset, "folder": str(temp / preset),
+                                                         "seconds": args.seconds if "decode" in args.ops else []},
+                                   temp / "hf_home")
+            if "error" in checks[preset]:
+                sys.exit(f"preparing {preset} failed: {checks[preset]['error']}")
+            if not checks[preset]["same_codes"]:
+                print(f"WARNING: {preset}: the three implementations give different codes", file=sys.stderr)
+        for repeat in range(args.repeats):  # interleaved, so that drift in machine load hits every impl alike
+            for preset, seconds, op, impl in points:
+                spec = dict(preset=preset, seconds=seconds, op=op, impl=impl, dtype=args.dtype,
+                            threads=args.threads, folder=str(temp / preset))
+                result = spawn(__file__, "worker", spec, temp / "hf_home", args.timeout)
+                runs[(preset, seconds, op, impl)].append(result)
+                shown = result.get("error") or f"{result['time_s']:.2f} s, {result['peak_rss_mb']:.0f} MB"
+                print(f"[{repeat + 1}/{args.repeats}] {preset} {seconds:g}s {op} {impl}: {shown}",
+                      file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+    rows = []
+    for preset, seconds, op, impl in points:
+        results = runs[(preset, seconds, op, impl)]
+        times = [r["time_s"] for r in results if "time_s" in r]
+        errors = [r["error"] for r in results if "error" in r]
+        audio_seconds = num_samples(preset, seconds) / PRESET_INFO[preset]["sample_rate"]
+        median = statistics.median(times) if times and not errors else None
+        rows.append(dict(
+            preset=preset, seconds=seconds, audio_seconds=audio_seconds, op=op, impl=impl, dtype=args.dtype,
+            times_s=times, median_s=median, error=errors[0] if errors else None,
+            peak_rss_mb=max((r["peak_rss_mb"] for r in results if "peak_rss_mb" in r), default=None),
+            call_peak_mb=max((r["call_peak_mb"] for r in results if "call_peak_mb" in r), default=None),
+            gflops=PRESET_INFO[preset]["gflop"][op] * audio_seconds / median if median else None,
+            threads=next((r["threads"] for r in results if "threads" in r), None),
+        ))
+    for row in rows:
+        reference = next((r["median_s"] for r in rows if r["impl"] == "reference" and all(
+            r[k] == row[k] for k in ("preset", "seconds", "op"))), None)
+        row["speedup_vs_reference"] = reference / row["median_s"] if reference and row["median_s"] else None
+
+    threads = next((r["threads"] for r in rows if r["threads"]), None)
+    print(f"\n| preset | audio | op | impl | dtype | median time (s) | vs reference | peak RSS (MB) | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        time_cell = fmt(r["median_s"]) if not r["error"] else f"error: {r['error']}"
+        speedup = fmt(r["speedup_vs_reference"], 2, "x")
+        print(f"| {r['preset']} | {r['seconds']:g} s | {r['op']} | {r['impl']} | {r['dtype']} | {time_cell} | "
+              f"{speedup} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r['gflops'], 1)} |")
+    print(f"\nmedian of {args.repeats} fresh-process runs; {threads} torch threads; {os.cpu_count()} CPUs; "
+          f"load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end; torch "
+          f"{checks[args.presets[0]].get('torch')}, transformers {checks[args.presets[0]].get('transformers')}; "
+          f"our model code (sha256 of the folder's .py files) {checks[args.presets[0]].get('model_code_sha256')}")
+    print("same codes from the three implementations on 1 s: "
+          + ", ".join(f"{p} {'yes' if c.get('same_codes') else 'NO'}" for p, c in checks.items()))
+    print(f"command: {command_line()}")
+    if args.json:
+        meta = dict(command=command_line(), repeats=args.repeats, threads=threads, cpus=os.cpu_count(),
+                    load_average=[load_start, os.getloadavg()[0]], checks=checks)
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    if not worker_main(sys.argv[1:]):
+        main()

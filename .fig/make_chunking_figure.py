@@ -24,7 +24,6 @@ into every Hub repo, whose card shows it.
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import dac_package  # noqa: E402
+from random_weights import perturb, sample_audio  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parent / "chunking_error.png"
 PRESET = "44khz"
@@ -48,28 +48,9 @@ BLOCK = 64  # samples per plotted point (1.5 ms)
 
 
 def random_model(modeling, seed: int = 0):
-    """The full-size preset with random weights, perturbed as tests/test_reference.py perturbs the reference's."""
+    """The full-size preset with random weights of a realistic scale (scripts/random_weights.py)."""
     torch.manual_seed(seed)
-    model = modeling.DacModel(modeling.DacConfig.from_preset(PRESET))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("alpha"):
-                p.uniform_(0.3, 3.0)
-            elif name.endswith("bias"):
-                p.normal_(0, 0.02)
-            elif name.endswith("weight") and p.dim() == 3:  # conv weights: the weight-norm gain g, per slice of dim 0
-                p.mul_(torch.empty(p.shape[0], 1, 1).uniform_(0.5, 1.5))
-    return model.eval()
-
-
-def test_audio(sample_rate: int, seconds: float = SECONDS, seed: int = 0) -> torch.Tensor:
-    """A chirp with an envelope, a chord and some noise, as in tests/test_reference.py: (1, 1, samples)."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(seconds * sample_rate) + 123, dtype=torch.float64) / sample_rate
-    chirp = torch.sin(2 * math.pi * (200 * t + 900 * t**2)) * (0.5 + 0.5 * torch.sin(2 * math.pi * 1.7 * t))
-    chord = sum(torch.sin(2 * math.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
-    noise = torch.randn(t.shape, generator=g, dtype=torch.float64)
-    return (0.4 * chirp + 0.3 * chord + 0.05 * noise).float()[None, None]
+    return perturb(modeling.DacModel(modeling.DacConfig.from_preset(PRESET)))
 
 
 def main() -> None:
@@ -78,7 +59,7 @@ def main() -> None:
     plan_overlap_chunks = sys.modules["dac_codec.chunking"].plan_overlap_chunks
     model = random_model(modeling)
     rate, hop = model.config.sampling_rate, model.hop_length
-    _, codes = model.encode(test_audio(rate), sample_rate=rate, chunk_size_in_sec=0)
+    _, codes = model.encode(sample_audio(rate, SECONDS), sample_rate=rate, chunk_size_in_sec=0)
     n_frames = codes.shape[-1]
 
     whole = model.decode(s=codes, chunk_size=0)

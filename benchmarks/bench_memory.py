@@ -64,7 +64,6 @@ def main() -> None:
     args = parser.parse_args()
 
     preset = args.preset
-    sample_rate = bench_speed.PRESET_INFO[preset]["sample_rate"]
     load_start = os.getloadavg()[0]
     temp = Path(tempfile.mkdtemp(prefix="dac_bench_memory_"))
     folder, home = temp / preset, temp / "hf_home"

@@ -91,20 +91,12 @@ def reference_model(preset: str, seed: int = SEED):
 
     sys.path.insert(0, str(ROOT / "scripts"))
     import convert_checkpoint
+    from random_weights import perturb
 
     torch.manual_seed(seed)
     kwargs = dict(convert_checkpoint.PRESETS[preset])
     kwargs["sample_rate"] = kwargs.pop("sampling_rate")
-    model = dac.model.DAC(**kwargs)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("alpha"):
-                p.uniform_(0.3, 3.0)
-            elif name.endswith("bias"):
-                p.normal_(0, 0.02)
-            elif name.endswith("weight_g"):
-                p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
-    return model.eval()
+    return perturb(dac.model.DAC(**kwargs))
 
 
 def transformers_model(ours):
@@ -387,7 +379,7 @@ def main() -> None:
         row["speedup_vs_reference"] = reference / row["median_s"] if reference and row["median_s"] else None
 
     threads = next((r["threads"] for r in rows if r["threads"]), None)
-    print(f"\n| preset | audio | op | impl | dtype | median time (s) | vs reference | peak RSS (MB) | GFLOP/s |")
+    print("\n| preset | audio | op | impl | dtype | median time (s) | vs reference | peak RSS (MB) | GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         time_cell = fmt(r["median_s"]) if not r["error"] else f"error: {r['error']}"

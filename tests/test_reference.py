@@ -9,7 +9,6 @@ the same order, so in practice the difference is 0; the tolerance leaves room fo
 builds.
 """
 
-import math
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import torch
 
 dac = pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
 import convert_checkpoint  # noqa: E402
+from random_weights import perturb, sample_audio  # noqa: E402
 
 PRESETS = convert_checkpoint.PRESETS
 SECONDS = 2.0
@@ -30,26 +30,11 @@ def reference_model(preset: str, seed: int = 0) -> "dac.model.DAC":
     torch.manual_seed(seed)
     kwargs = dict(PRESETS[preset])
     kwargs["sample_rate"] = kwargs.pop("sampling_rate")
-    model = dac.model.DAC(**kwargs)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("alpha"):
-                p.uniform_(0.3, 3.0)
-            elif name.endswith("bias"):
-                p.normal_(0, 0.02)
-            elif name.endswith("weight_g"):
-                p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
-    return model.eval()
+    return perturb(dac.model.DAC(**kwargs))
 
 
 def make_audio(sample_rate: int, seconds: float = SECONDS, seed: int = 0) -> torch.Tensor:
-    """A chirp with an envelope, a chord and some noise: (1, 1, samples), not a multiple of any hop."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(seconds * sample_rate) + 123, dtype=torch.float64) / sample_rate
-    chirp = torch.sin(2 * math.pi * (200 * t + 900 * t**2)) * (0.5 + 0.5 * torch.sin(2 * math.pi * 1.7 * t))
-    chord = sum(torch.sin(2 * math.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
-    noise = torch.randn(t.shape, generator=g, dtype=torch.float64)
-    return (0.4 * chirp + 0.3 * chord + 0.05 * noise).float()[None, None]
+    return sample_audio(sample_rate, seconds, seed)
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +151,8 @@ def test_transformers_checkpoint(tmp_path):
     torch.manual_seed(0)
     hf = HFDacModel(HFDacConfig(n_codebooks=4, sampling_rate=16000, downsampling_ratios=[2, 4, 5, 8],
                                 upsampling_ratios=[8, 5, 4, 2], encoder_hidden_size=16, decoder_hidden_size=128,
-                                hidden_size=64)).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("alpha"):
-                p.uniform_(0.3, 3.0)
-            elif name.endswith("bias"):
-                p.normal_(0, 0.02)
+                                hidden_size=64))
+    perturb(hf)
     hf.save_pretrained(tmp_path / "hf")
     folder = convert_checkpoint.convert(str(tmp_path / "hf"), str(tmp_path / "converted"))
     model = convert_checkpoint.DacModel.from_pretrained(folder)

@@ -111,10 +111,10 @@ def test_encode_stream_equals_offline(model):
         audio = audio_of(n, seed=n)
         _, codes = model.encode(audio, sample_rate=rate, chunk_size_in_sec=0)
         for n_blocks in (1, 3, 12):
-            for max_seconds in (0, 2 / model.config.frame_rate):
+            for step_sec in (0, 2 / model.config.frame_rate):
                 blocks = random_split(audio, n_blocks, rng)
-                streamed = list(model.encode_stream(blocks, sample_rate=rate, chunk_size_in_sec=max_seconds))
-                assert torch.equal(torch.cat(streamed, dim=-1), codes), (n, n_blocks, max_seconds)
+                streamed = list(model.encode_stream(blocks, sample_rate=rate, chunk_size_in_sec=step_sec))
+                assert torch.equal(torch.cat(streamed, dim=-1), codes), (n, n_blocks, step_sec)
 
 
 def test_encode_stream_yields_as_soon_as_determined(model):

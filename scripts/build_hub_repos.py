@@ -177,17 +177,6 @@ def expected_files() -> list[str]:
                    *(f".fig/{path.name}" for path in FIGURES.glob("*.png"))])
 
 
-def load_model(source: str):
-    """A converted model from an original .pth, or a transformers DacModel folder or Hub id."""
-    import convert_checkpoint
-
-    if source.endswith((".pth", ".pt", ".ckpt")) or Path(source).is_file():
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"No checkpoint file at {source!r}.")
-        return convert_checkpoint.model_from_original(source)
-    return convert_checkpoint.model_from_transformers(source)
-
-
 def check_architecture(config, variant: str) -> None:
     import convert_checkpoint
 
@@ -212,7 +201,7 @@ def build_variant(variant: str, source: str, output_dir: Path, repo_id: str) -> 
     """Writes OUTPUT_DIR/VARIANT with exactly the files of the variant's Hub repo; returns the folder."""
     import convert_checkpoint
 
-    model = load_model(source)
+    model = convert_checkpoint.load_model(source)
     check_architecture(model.config, variant)
     if Path(source).name == RELEASE_FILES[variant]:
         weights = f"`{Path(source).name}` of the original release (MIT), converted to safetensors"

@@ -193,14 +193,17 @@ def write_model_folder(model: DacModel, output_dir: str | os.PathLike, readme: O
     return output_dir
 
 
-def convert(checkpoint: str, output_dir: str, sampling_rate: Optional[int] = None) -> Path:
+def load_model(checkpoint: str, sampling_rate: Optional[int] = None) -> DacModel:
+    """Our model from an original .pth, or a transformers DacModel folder or Hub id."""
     if checkpoint.endswith((".pth", ".pt", ".ckpt")) or Path(checkpoint).is_file():
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"No checkpoint file at {checkpoint!r}.")
-        model = model_from_original(checkpoint, sampling_rate)
-    else:
-        model = model_from_transformers(checkpoint)
-    return write_model_folder(model, output_dir)
+        return model_from_original(checkpoint, sampling_rate)
+    return model_from_transformers(checkpoint)
+
+
+def convert(checkpoint: str, output_dir: str, sampling_rate: Optional[int] = None) -> Path:
+    return write_model_folder(load_model(checkpoint, sampling_rate), output_dir)
 
 
 def main() -> None:

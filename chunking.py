@@ -11,6 +11,9 @@ and no averaging, and memory is bounded by the piece:
     conv output  ... |=================== emitted now ===================|   (the last outputs wait for more)
                                                                           '--- next tail ---'
 
+The streams hold activations time-major, (batch, time, channels): a piece then appends to a tail as whole rows,
+and the convolutions run in oneDNN's native channels-last layout without reorders (`time_major_conv`).
+
 A chunk's result therefore equals whole-signal processing for any chunk size and any split of a stream, up to
 float rounding in the convolutions. The geometry functions below walk the convolutions to give the receptive field
 (the streams' lookahead) and output lengths. `plan_overlap_chunks` serves the earlier model card's approximate,
@@ -95,6 +98,7 @@ def plan_overlap_chunks(n_frames: int, chunk_frames: int, overlap_rate: float) -
         start += step
 
 
+GEMM_STEPS = 1024  # convs with fewer output steps per call run as one GEMM (see `time_major_conv`)
 StreamCache = dict  # per-stream state of every layer, keyed by module: what later pieces of the signal read
 
 
@@ -106,51 +110,79 @@ class PlainConv:
         self.stride, self.dilation, self.padding = (1,), (1,), (padding,)
 
 
-def conv_step(conv: nn.Conv1d, x: torch.Tensor, cache: StreamCache, final: bool, key=None) -> torch.Tensor:
-    """One step of `conv` over a signal that arrives in pieces: (B, C_in, t) -> (B, C_out, t') for the outputs
-    whose inputs have all arrived. Over all steps the outputs equal `conv` of the whole signal.
+def time_major_conv(x: torch.Tensor, weight: torch.Tensor, bias, stride: int = 1, dilation: int = 1) -> torch.Tensor:
+    """Unpadded conv1d of time-major x (B, t, C_in) with weight (C_out, C_in, k) -> (B, t', C_out), time-major.
+
+    Long inputs run as conv2d over the (B, C_in, 1, t) channels-last view of x, oneDNN's native layout, where
+    (B, C, t) input would cost a reorder each way. oneDNN also reorders the whole weight on every call, which
+    costs more than the arithmetic when t' is short and the layer wide (the decoder's first layers, fed one chunk
+    of frames at a time): there one GEMM over the gathered input windows does the same sums in place.
+    """
+    batch, t, c_in = x.shape
+    c_out, k = weight.shape[0], weight.shape[-1]
+    t_out = (t - dilation * (k - 1) - 1) // stride + 1
+    if t_out < GEMM_STEPS and weight.is_contiguous():
+        step, channel = x.stride(1), x.stride(2)
+        windows = x.as_strided((batch, t_out, c_in, k), (x.stride(0), stride * step, channel, dilation * step))
+        return F.linear(windows.reshape(batch, t_out, c_in * k), weight.view(c_out, c_in * k), bias)
+    y = F.conv2d(x.transpose(1, 2).unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), 0, (1, dilation))
+    return y.squeeze(2).transpose(1, 2)
+
+
+def conv_step(
+    conv: nn.Conv1d, x: torch.Tensor, cache: StreamCache, final: bool, activation=None, key=None
+) -> torch.Tensor:
+    """One step of `conv`, applied to `activation(x)`, over a signal that arrives in pieces: time-major
+    (B, t, C_in) -> (B, t', C_out) for the outputs whose inputs have all arrived. Over all steps the outputs equal
+    `conv(activation(signal))` of the whole signal.
 
     The cache keeps, under `key` (`conv` by default), the input tail that later outputs read; the zero padding
-    goes in at the stream's two ends.
+    goes in at the stream's two ends. `activation(x, out=...)` writes straight after the tail, into the window
+    that the conv reads, which saves concatenating them.
     """
     key = conv if key is None else key
     weight, bias = conv.weight, conv.bias
     stride, dilation, padding = conv.stride[0], conv.dilation[0], conv.padding[0]
     reach = dilation * (weight.shape[-1] - 1)
-    if reach == 0 and padding == 0 and stride == 1 and x.shape[-1]:  # pointwise: nothing to carry over
-        return F.conv1d(x, weight, bias)
+    if reach == 0 and padding == 0 and stride == 1 and x.shape[1]:  # pointwise: nothing to carry over
+        return time_major_conv(x if activation is None else activation(x), weight, bias)
     tail = cache.get(key)
-    x = F.pad(x, (padding, 0)) if tail is None else torch.cat([tail, x], dim=-1)
-    if final:
-        x = F.pad(x, (0, padding))
-    n_out = max(0, (x.shape[-1] - reach - 1) // stride + 1)
-    cache[key] = x[..., n_out * stride :].clone()  # clone: don't keep the whole piece alive
+    head, t, end = padding if tail is None else tail.shape[1], x.shape[1], padding if final else 0
+    window = x.new_empty(x.shape[0], head + t + end, x.shape[2])
+    window[:, :head].zero_() if tail is None else window[:, :head].copy_(tail)
+    window[:, head : head + t].copy_(x) if activation is None else activation(x, out=window[:, head : head + t])
+    window[:, head + t :].zero_()
+    n_out = max(0, (window.shape[1] - reach - 1) // stride + 1)
+    cache[key] = window[:, n_out * stride :].clone()  # clone: don't keep the whole window alive
     if n_out == 0:
-        return x.new_empty(x.shape[0], weight.shape[0], 0)
-    return F.conv1d(x[..., : (n_out - 1) * stride + reach + 1], weight, bias, stride, 0, dilation)
+        return x.new_empty(x.shape[0], 0, weight.shape[0])
+    return time_major_conv(window[:, : (n_out - 1) * stride + reach + 1], weight, bias, stride, dilation)
 
 
 def residual_step(skip_owner: nn.Module, x: torch.Tensor, y: torch.Tensor, cache: StreamCache) -> torch.Tensor:
-    """x + y for a residual branch y that lags its input x: the inputs y has not reached yet wait in the cache."""
-    pending = cache.get(skip_owner)
-    x = x if pending is None else torch.cat([pending, x], dim=-1)
-    cache[skip_owner] = x[..., y.shape[-1] :].clone()
-    return y.add_(x[..., : y.shape[-1]])
+    """x + y, time-major, for a residual branch y that lags its input x: the inputs y has not reached yet wait in
+    the cache."""
+    pending = cache.get(skip_owner, x[:, :0])
+    n, p = y.shape[1], min(pending.shape[1], y.shape[1])
+    y[:, :p].add_(pending[:, :p])
+    y[:, p:].add_(x[:, : n - p])
+    cache[skip_owner] = torch.cat([pending[:, p:], x[:, max(0, n - p) :]], dim=1)
+    return y
 
 
 def run_stages(stages: list, x: torch.Tensor, cache: StreamCache, final: bool, budget: int) -> Iterator[torch.Tensor]:
-    """Feeds x through a chain of streaming stages, given as (stage, growth) with `stage(x, cache, final) -> y`
-    and growth the size of the stage's largest activation over its input's, splitting every stage's input into
-    tiles whose activations hold at most `budget` elements, so that they stay in cache whatever the piece's size.
-    Yields the last stage's output tile by tile."""
+    """Feeds time-major x (B, t, C) through a chain of streaming stages, given as (stage, growth) with
+    `stage(x, cache, final) -> y` and growth the size of the stage's largest activation over its input's,
+    splitting every stage's input into tiles whose activations hold at most `budget` elements, so that they stay
+    in cache whatever the piece's size. Yields the last stage's output tile by tile."""
     if not stages:
         yield x
         return
     (stage, growth), rest = stages[0], stages[1:]
-    if x.shape[-1]:
-        for tile in x.split(max(1, int(budget / (x.shape[0] * x.shape[1] * growth))), dim=-1):
+    if x.shape[1]:
+        for tile in x.split(max(1, int(budget / (x.shape[0] * x.shape[2] * growth))), dim=1):
             y = stage(tile, cache, False)
             if y.shape[-1]:
                 yield from run_stages(rest, y, cache, False, budget)
     if final:
-        yield from run_stages(rest, stage(x[..., :0], cache, True), cache, True, budget)
+        yield from run_stages(rest, stage(x[:, :0], cache, True), cache, True, budget)

@@ -28,16 +28,18 @@ DILATIONS = (1, 3, 9)  # the three residual units of every block
 SNAKE_EPS = 1e-9  # keeps 1 / alpha finite for alpha = 0, as in the reference
 
 
-def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Snake activation x + sin^2(alpha x) / alpha, for x (batch, channels, time) and alpha (1, channels, 1).
+def snake(x: torch.Tensor, alpha: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Snake activation x + sin^2(alpha x) / alpha, for x (batch, channels, time) and alpha (1, channels, 1), or
+    both transposed; into `out` if given.
 
     Same operations as the reference, done in place on one temporary: each Snake otherwise allocates four
     activation-sized tensors, and allocation dominates at these sizes. Not differentiable in place, so training
     (autograd on) takes the plain expression.
     """
     if torch.is_grad_enabled():
-        return x + (alpha + SNAKE_EPS).reciprocal() * torch.sin(alpha * x).pow(2)
-    y = torch.mul(alpha, x).sin_().pow_(2)
+        y = x + (alpha + SNAKE_EPS).reciprocal() * torch.sin(alpha * x).pow(2)
+        return y if out is None else out.copy_(y)
+    y = torch.mul(alpha, x, out=out).sin_().pow_(2)
     return y.mul_((alpha + SNAKE_EPS).reciprocal()).add_(x)
 
 
@@ -50,6 +52,10 @@ class Snake1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return snake(x, self.alpha)
+
+    def step(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Snake of time-major x (batch, time, channels), the layout of the streaming path; into `out` if given."""
+        return snake(x, self.alpha.transpose(1, 2), out)
 
 
 class ResidualUnit(nn.Module):
@@ -68,7 +74,8 @@ class ResidualUnit(nn.Module):
         return y.add_(x) if not torch.is_grad_enabled() else y + x
 
     def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        y = conv_step(self.conv2, self.snake2(conv_step(self.conv1, self.snake1(x), cache, final)), cache, final)
+        y = conv_step(self.conv1, x, cache, final, activation=self.snake1.step)
+        y = conv_step(self.conv2, y, cache, final, activation=self.snake2.step)
         return residual_step(self, x, y, cache)
 
 
@@ -90,7 +97,7 @@ class EncoderBlock(nn.Module):
     def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
         for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
             x = unit.step(x, cache, final)
-        return conv_step(self.conv1, self.snake1(x), cache, final)
+        return conv_step(self.conv1, x, cache, final, activation=self.snake1.step)
 
 
 class Encoder(nn.Module):
@@ -111,14 +118,15 @@ class Encoder(nn.Module):
         return self.conv2(self.snake1(x))
 
     def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> Iterator[torch.Tensor]:
-        """`forward` over a signal that arrives in pieces (see `conv_step`); `final` marks the last piece.
-        Yields the latent frames that the piece completes, in tiles."""
+        """`forward` over a signal (batch, 1, t) that arrives in pieces (see `conv_step`); `final` marks the last
+        piece. Yields the latent frames (batch, latent_dim, n) that the piece completes, in tiles. Inside, the
+        activations are time-major (batch, time, channels), as `conv_step` takes them."""
         first = (partial(conv_step, self.conv1), self.conv1.out_channels)
         stages = [first, *((block.step, 1) for block in self.block), (self._output_step, 1)]
-        return run_stages(stages, x, cache, final, TILE_ELEMENTS)
+        return run_stages(stages, x.transpose(1, 2), cache, final, TILE_ELEMENTS)
 
     def _output_step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        return conv_step(self.conv2, self.snake1(x), cache, final)
+        return conv_step(self.conv2, x, cache, final, activation=self.snake1.step).transpose(1, 2)
 
 
 class DecoderBlock(nn.Module):
@@ -142,37 +150,37 @@ class DecoderBlock(nn.Module):
         return self.res_unit3(self.res_unit2(self.res_unit1(x)))
 
     def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        x = self._conv_t1_step(self.snake1(x), cache, final)
+        x = self._conv_t1_step(x, cache, final)
         for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
             x = unit.step(x, cache, final)
         return x
 
     def _conv_t1_step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        """The transposed conv as `stride` phases of one kernel-2 conv (polyphase), which runs 1.5-2x faster on
-        CPU and streams like any conv. With kernel 2s, uncropped output m * s + r is
-        W[:, :, r]^T x[m] + W[:, :, r + s]^T x[m - 1]; `padding` samples are then cropped at both ends."""
+        """Snake, then the transposed conv as `stride` phases of one kernel-2 conv (polyphase), which runs 1.5-2x
+        faster on CPU and streams like any conv. With kernel 2s, uncropped output m * s + r is
+        W[:, :, r]^T x[m] + W[:, :, r + s]^T x[m - 1]; `padding` samples are then cropped at both ends.
+        Time-major (B, n, C_in) -> (B, n * s - crops, C_out)."""
         conv, s = self.conv_t1, self.conv_t1.stride[0]
         c_in, c_out, _ = conv.weight.shape
         weight = conv.weight  # computed afresh on each access under weight norm: then nothing is cached
         key = None if nn.utils.parametrize.is_parametrized(conv) else (weight.data_ptr(), weight._version, weight.dtype)
         if key is None or getattr(self, "_polyphase_key", None) != key:
-            # (C_in, C_out, [q, r]) -> (C_out * s, C_in, 2), taps ordered x[m - 1], x[m]
-            w = weight.view(c_in, c_out, 2, s).flip(2).permute(1, 3, 0, 2).reshape(c_out * s, c_in, 2)
-            self._polyphase = PlainConv(w.contiguous(), conv.bias.repeat_interleave(s), padding=1)
+            # (C_in, C_out, [q, r]) -> (s * C_out, C_in, 2), phase-major, taps ordered x[m - 1], x[m]
+            w = weight.view(c_in, c_out, 2, s).flip(2).permute(3, 1, 0, 2).reshape(s * c_out, c_in, 2)
+            self._polyphase = PlainConv(w.contiguous(), conv.bias.repeat(s), padding=1)
             self._polyphase_key = key
-        z = conv_step(self._polyphase, x, cache, final, key=self)  # (B, C_out * s, n)
-        batch, _, n = z.shape
-        z = z.view(batch, c_out, s, n).transpose(2, 3).reshape(batch, c_out, n * s)  # interleave the phases
+        z = conv_step(self._polyphase, x, cache, final, self.snake1.step, key=self)  # (B, n, s * C_out)
+        z = z.reshape(z.shape[0], -1, c_out)  # phase-major channels: interleaving the phases is a view
 
         crop = cache.setdefault(conv, {"start": conv.padding[0], "held": None})
         if crop["held"] is not None:
-            z = torch.cat([crop["held"], z], dim=-1)
-        start = min(crop["start"], z.shape[-1])
+            z = torch.cat([crop["held"], z], dim=1)
+        start = min(crop["start"], z.shape[1])
         crop["start"] -= start
-        end = z.shape[-1] - conv.padding[0]  # the last `padding` samples so far may be the stream's end
+        end = z.shape[1] - conv.padding[0]  # the last `padding` samples so far may be the stream's end
         if not final:
-            crop["held"] = z[..., max(start, end) :].clone()
-        return z[..., start : max(start, end)]
+            crop["held"] = z[:, max(start, end) :].clone()
+        return z[:, start : max(start, end)]
 
 
 class Decoder(nn.Module):
@@ -198,15 +206,16 @@ class Decoder(nn.Module):
         return torch.tanh(self.conv2(self.snake1(x)))
 
     def step(self, z: torch.Tensor, cache: StreamCache, final: bool) -> Iterator[torch.Tensor]:
-        """`forward` over latent frames that arrive in pieces (see `conv_step`); `final` marks the last piece.
-        Yields the audio that the piece completes, in tiles."""
+        """`forward` over latent frames (batch, latent_dim, n) that arrive in pieces (see `conv_step`); `final`
+        marks the last piece. Yields the audio (batch, 1, t) that the piece completes, in tiles. Inside, the
+        activations are time-major (batch, time, channels), as `conv_step` takes them."""
         first = (partial(conv_step, self.conv1), self.conv1.out_channels / self.conv1.in_channels)
         blocks = ((block.step, block.conv_t1.stride[0] / 2) for block in self.block)  # T * stride, C / 2
         stages = [first, *blocks, (self._output_step, 1)]
-        return run_stages(stages, z, cache, final, TILE_ELEMENTS)
+        return run_stages(stages, z.transpose(1, 2).contiguous(), cache, final, TILE_ELEMENTS)
 
     def _output_step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        return torch.tanh_(conv_step(self.conv2, self.snake1(x), cache, final))
+        return torch.tanh_(conv_step(self.conv2, x, cache, final, activation=self.snake1.step)).transpose(1, 2)
 
 
 class VectorQuantize(nn.Module):

@@ -129,6 +129,16 @@ def time_major_conv(x: torch.Tensor, weight: torch.Tensor, bias, stride: int = 1
     return y.squeeze(2).transpose(1, 2)
 
 
+def scratch(cache: StreamCache, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of `shape` on memory that all the convolutions of a stream share for their input
+    windows: a window is dead once its conv has run, and fresh memory costs the allocator a page fault per 4 KB."""
+    size = math.prod(shape)
+    memory = cache.get("scratch")
+    if memory is None or memory.numel() < size or memory.dtype != like.dtype or memory.device != like.device:
+        memory = cache["scratch"] = like.new_empty(size)
+    return memory[:size].view(shape)
+
+
 def conv_step(
     conv: nn.Conv1d, x: torch.Tensor, cache: StreamCache, final: bool, activation=None, key=None
 ) -> torch.Tensor:
@@ -145,10 +155,11 @@ def conv_step(
     stride, dilation, padding = conv.stride[0], conv.dilation[0], conv.padding[0]
     reach = dilation * (weight.shape[-1] - 1)
     if reach == 0 and padding == 0 and stride == 1 and x.shape[1]:  # pointwise: nothing to carry over
-        return time_major_conv(x if activation is None else activation(x), weight, bias)
+        x = x if activation is None else activation(x, out=scratch(cache, x.shape, x))
+        return time_major_conv(x, weight, bias)
     tail = cache.get(key)
     head, t, end = padding if tail is None else tail.shape[1], x.shape[1], padding if final else 0
-    window = x.new_empty(x.shape[0], head + t + end, x.shape[2])
+    window = scratch(cache, (x.shape[0], head + t + end, x.shape[2]), x)
     window[:, :head].zero_() if tail is None else window[:, :head].copy_(tail)
     window[:, head : head + t].copy_(x) if activation is None else activation(x, out=window[:, head : head + t])
     window[:, head + t :].zero_()

@@ -10,6 +10,9 @@ What is measured, per preset, length, operation and implementation:
   from a converted folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
 - reference (descript-audio-codec, `dac.model.DAC`): `encode(preprocess(x, sr))` / `decode(quantizer.from_codes(codes)[0])`
   under `torch.no_grad()`; the code-to-latent lookup is timed with decode, as ours and transformers' include it.
+- reference+jemalloc: the reference with jemalloc preloaded (LD_PRELOAD, MALLOC_CONF=dirty_decay_ms:-1,
+  muzzy_decay_ms:-1), the fastest it gets without code changes: without it the reference spends much of its time
+  page-faulting fresh memory for every layer. Skipped (with a note) where no libjemalloc.so.2 is installed.
 - transformers: `DacModel.encode(x).audio_codes` / `DacModel.decode(audio_codes=codes).audio_values` under no_grad.
 
 Same weights: a full-size reference model with a fixed seed and perturbed alphas, biases and weight-norm gains (as in
@@ -24,8 +27,10 @@ Every measurement runs in a fresh process (`--worker`): load the model, build th
 process: imports, weights, input and the call). The parent process never imports torch: a child started by
 `subprocess` inherits the parent's ru_maxrss through exec, so a parent holding models would inflate every reading.
 The table gives the median time of --repeats runs (runs are interleaved across implementations), the speed-up
-against the reference (reference time / time), the largest peak RSS of the runs, and the achieved GFLOP/s from the
-convolution work per second of audio in /work/shared/reference/FACTS.md. No timing is asserted anywhere.
+against the reference and the jemalloc reference (their time / time), the largest peak RSS of the runs, and the
+achieved GFLOP/s from the convolution work per second of audio in /work/shared/reference/FACTS.md, also as a share of
+the machine's convolution ceiling, measured first in a fresh process of its own (`--ceiling`: the best GFLOP/s of
+the decoder's main convolution shapes and a square matmul, same dtype and threads). No timing is asserted anywhere.
 """
 
 from __future__ import annotations
@@ -48,7 +53,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
 WARMUP_SECONDS = 1.0
-IMPLS = ("ours", "reference", "transformers")
+IMPLS = ("ours", "reference", "reference+jemalloc", "transformers")
+# The reference with jemalloc preloaded and its decay off: the fastest the reference gets without code changes.
+JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+                  "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+# Convolutions that the ceiling is measured on: (C_in, C_out, kernel, dilation, time steps), time-major, each a
+# 4M-element tile of the decoder, plus a square matmul.
+CEILING_CONVS = ((96, 96, 7, 1, 43690), (192, 192, 7, 9, 21845), (384, 384, 7, 3, 10922), (768, 768, 7, 1, 5461))
+CEILING_MATMUL = 2048
 OPS = ("encode", "decode")
 # sample rate, hop length, GFLOP per second of audio (encoder, decoder convolutions; FACTS.md)
 PRESET_INFO = {
@@ -193,7 +206,7 @@ def _load(spec: dict, dtype):
         encode = lambda x: model.encode(x, sample_rate=sample_rate, chunk_size_in_sec=chunk).codes
         decode = lambda codes: model.decode(s=codes, chunk_size=chunk)
         return model, encode, decode
-    if impl in ("reference", "reference-chunked"):
+    if impl in ("reference", "reference+jemalloc", "reference-chunked"):
         import dac
 
         checkpoint = torch.load(folder / "reference.pth", map_location="cpu", weights_only=True)
@@ -201,7 +214,7 @@ def _load(spec: dict, dtype):
         model.load_state_dict(checkpoint["state_dict"], strict=True)
         del checkpoint
         model = model.eval().to(dtype)
-        if impl == "reference":
+        if impl != "reference-chunked":
             encode = lambda x: model.encode(model.preprocess(x, sample_rate))[1]
             decode = lambda codes: model.decode(model.quantizer.from_codes(codes)[0])
             return model, encode, decode
@@ -282,11 +295,49 @@ def worker(spec: dict) -> dict:
     return result
 
 
+def ceiling(spec: dict) -> dict:
+    """The best GFLOP/s that torch reaches here, with this dtype and thread count, on CEILING_CONVS (as our model
+    runs them: channels-last conv2d over time-major input) and on a CEILING_MATMUL square matmul: the machine's
+    convolution ceiling that the achieved GFLOP/s are set against. Best of 5 calls each."""
+    import torch
+    import torch.nn.functional as F
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    dtype = getattr(torch, spec["dtype"])
+    generator = torch.Generator().manual_seed(SEED)
+
+    def best(run, flop):
+        run()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return flop / min(times) / 1e9
+
+    rates = {}
+    for c_in, c_out, kernel, dilation, steps in CEILING_CONVS:
+        x = torch.randn(1, steps + dilation * (kernel - 1), c_in, generator=generator).to(dtype)
+        w = torch.randn(c_out, c_in, 1, kernel, generator=generator).to(dtype)
+        run = lambda: F.conv2d(x.transpose(1, 2).unsqueeze(2), w, None, 1, 0, (1, dilation))
+        rates[f"conv {c_in}->{c_out} k{kernel} d{dilation}"] = best(run, 2 * c_in * c_out * kernel * steps)
+    a, b = (torch.randn(CEILING_MATMUL, CEILING_MATMUL, generator=generator).to(dtype) for _ in range(2))
+    rates[f"matmul {CEILING_MATMUL}^2"] = best(lambda: a @ b, 2 * CEILING_MATMUL**3)
+    return {"gflops": max(rates.values()), "rates": rates}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Parent side: spawns workers, never imports torch
+def jemalloc() -> str | None:
+    return next((path for path in JEMALLOC_PATHS if Path(path).exists()), None)
+
+
 def spawn(script: str, mode: str, spec: dict, home: Path, timeout: float | None = None) -> dict:
     """Runs `python script --<mode> JSON` in a fresh process and returns the JSON it prints last."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(home)}
+    if spec.get("impl") == "reference+jemalloc":
+        env.update(LD_PRELOAD=jemalloc(), MALLOC_CONF=JEMALLOC_CONF)
     command = [sys.executable, script, f"--{mode}", json.dumps(spec)]
     try:
         done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -300,10 +351,10 @@ def spawn(script: str, mode: str, spec: dict, home: Path, timeout: float | None 
 
 
 def worker_main(argv: list[str]) -> bool:
-    """Handles `--worker JSON` and `--prepare JSON`; True if this process was one of them."""
-    if len(argv) == 2 and argv[0] in ("--worker", "--prepare"):
-        spec = json.loads(argv[1])
-        print(json.dumps(worker(spec) if argv[0] == "--worker" else prepare(spec)), flush=True)
+    """Handles `--worker JSON`, `--prepare JSON` and `--ceiling JSON`; True if this process was one of them."""
+    modes = {"--worker": worker, "--prepare": prepare, "--ceiling": ceiling}
+    if len(argv) == 2 and argv[0] in modes:
+        print(json.dumps(modes[argv[0]](json.loads(argv[1]))), flush=True)
         return True
     return False
 
@@ -330,6 +381,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a worker is given up")
     parser.add_argument("--json", help="also write the results as JSON to this path")
     args = parser.parse_args()
+    if "reference+jemalloc" in args.impls and not jemalloc():
+        print("skipping reference+jemalloc: no libjemalloc.so.2 (apt install libjemalloc2)", file=sys.stderr)
+        args.impls.remove("reference+jemalloc")
 
     points = [(p, s, o, i) for p in args.presets for s in args.seconds for o in args.ops for i in args.impls]
     runs = {point: [] for point in points}
@@ -346,6 +400,10 @@ def main() -> None:
                 sys.exit(f"preparing {preset} failed: {checks[preset]['error']}")
             if not checks[preset]["same_codes"]:
                 print(f"WARNING: {preset}: the three implementations give different codes", file=sys.stderr)
+        print("measuring the convolution ceiling ...", file=sys.stderr, flush=True)
+        roof = spawn(__file__, "ceiling", {"dtype": args.dtype, "threads": args.threads}, temp / "hf_home")
+        if "error" in roof:
+            sys.exit(f"measuring the ceiling failed: {roof['error']}")
         for repeat in range(args.repeats):  # interleaved, so that drift in machine load hits every impl alike
             for preset, seconds, op, impl in points:
                 spec = dict(preset=preset, seconds=seconds, op=op, impl=impl, dtype=args.dtype,
@@ -371,21 +429,27 @@ def main() -> None:
             peak_rss_mb=max((r["peak_rss_mb"] for r in results if "peak_rss_mb" in r), default=None),
             call_peak_mb=max((r["call_peak_mb"] for r in results if "call_peak_mb" in r), default=None),
             gflops=PRESET_INFO[preset]["gflop"][op] * audio_seconds / median if median else None,
+            ceiling_gflops=roof["gflops"],
             threads=next((r["threads"] for r in results if "threads" in r), None),
         ))
     for row in rows:
-        reference = next((r["median_s"] for r in rows if r["impl"] == "reference" and all(
-            r[k] == row[k] for k in ("preset", "seconds", "op"))), None)
-        row["speedup_vs_reference"] = reference / row["median_s"] if reference and row["median_s"] else None
+        for base in ("reference", "reference+jemalloc"):
+            time_s = next((r["median_s"] for r in rows if r["impl"] == base and all(
+                r[k] == row[k] for k in ("preset", "seconds", "op"))), None)
+            row[f"speedup_vs_{base}"] = time_s / row["median_s"] if time_s and row["median_s"] else None
 
     threads = next((r["threads"] for r in rows if r["threads"]), None)
-    print("\n| preset | audio | op | impl | dtype | median time (s) | vs reference | peak RSS (MB) | GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| preset | audio | op | impl | dtype | median time (s) | vs reference | vs reference+jemalloc "
+          "| peak RSS (MB) | GFLOP/s | of ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         time_cell = fmt(r["median_s"]) if not r["error"] else f"error: {r['error']}"
-        speedup = fmt(r["speedup_vs_reference"], 2, "x")
+        share = 100 * r["gflops"] / r["ceiling_gflops"] if r["gflops"] else None
         print(f"| {r['preset']} | {r['seconds']:g} s | {r['op']} | {r['impl']} | {r['dtype']} | {time_cell} | "
-              f"{speedup} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r['gflops'], 1)} |")
+              f"{fmt(r['speedup_vs_reference'], 2, 'x')} | {fmt(r['speedup_vs_reference+jemalloc'], 2, 'x')} | "
+              f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['gflops'], 1)} | {fmt(share, 0, '%')} |")
+    print(f"\nconvolution ceiling: {roof['gflops']:.1f} GFLOP/s ({args.dtype}; best of "
+          + ", ".join(f"{name} {rate:.0f}" for name, rate in roof["rates"].items()) + ")")
     print(f"\nmedian of {args.repeats} fresh-process runs; {threads} torch threads; {os.cpu_count()} CPUs; "
           f"load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end; torch "
           f"{checks[args.presets[0]].get('torch')}, transformers {checks[args.presets[0]].get('transformers')}; "
@@ -395,7 +459,7 @@ def main() -> None:
     print(f"command: {command_line()}")
     if args.json:
         meta = dict(command=command_line(), repeats=args.repeats, threads=threads, cpus=os.cpu_count(),
-                    load_average=[load_start, os.getloadavg()[0]], checks=checks)
+                    load_average=[load_start, os.getloadavg()[0]], checks=checks, ceiling=roof)
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 

@@ -16,7 +16,9 @@ and the convolutions run in oneDNN's native channels-last layout without reorder
 
 A chunk's result therefore equals whole-signal processing for any chunk size and any split of a stream, up to
 float rounding in the convolutions. The geometry functions below walk the convolutions to give the receptive field
-(the streams' lookahead) and output lengths. `plan_overlap_chunks` serves the earlier model card's approximate,
+(the streams' lookahead) and output lengths. On CUDA, where one wide batch beats many small steps, chunks run
+instead as a batch of windows that carry their receptive field as context (`plan_context_windows`), computing
+the context twice but every kept output as the whole signal has it. `plan_overlap_chunks` serves the earlier model card's approximate,
 overlap-averaged decoding, kept for compatibility.
 """
 
@@ -96,6 +98,27 @@ def plan_overlap_chunks(n_frames: int, chunk_frames: int, overlap_rate: float) -
         if stop == n_frames:
             return
         start += step
+
+
+def plan_context_windows(n_frames: int, chunk: int, left: int, right: int) -> list[tuple[int, int, int]]:
+    """Windows of frames for batched chunking: every window has the same length, so that all of them run as one
+    batch, and each carries the receptive-field context (`left`, `right` frames) of the chunk it keeps.
+
+        frames  |0 ............................................................. n_frames|
+        window k        |-- left --|======= keep [k * chunk, (k + 1) * chunk) =======|-- right --|
+        first   |======= keep =======|-- right + left --|   (the signal's ends need no context: windows are
+        last                                     |-- left + right --|======= keep =======|   moved inside)
+
+    Outputs kept from a window read only inputs inside it, and a window moved against an end of the signal sees
+    that end where the whole signal has it, so the kept outputs equal whole-signal processing. Returns
+    (window_start, keep_start, keep_stop) per chunk; the window is [window_start, window_start + length), length
+    = min(n_frames, chunk + left + right).
+    """
+    length = min(n_frames, chunk + left + right)
+    return [
+        (min(max(0, start - left), n_frames - length), start, min(start + chunk, n_frames))
+        for start in range(0, n_frames, chunk)
+    ]
 
 
 GEMM_STEPS = 1024  # convs with fewer output steps per call run as one GEMM (see `time_major_conv`)

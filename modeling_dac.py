@@ -21,12 +21,16 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .chunking import conv_geometry, input_span, output_length, plan_overlap_chunks
+from .chunking import conv_geometry, input_span, output_length, plan_context_windows, plan_overlap_chunks
 from .configuration_dac import DECODING_MODES, DacConfig
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
 
 AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 QUANTIZE_FRAMES = 1024  # latent frames quantized together by `encode` (streams quantize at once)
+# Batched windows (accelerators): the widest activation of one batch, 1 GiB in fp32; chunks at least this many
+# times their receptive-field context, so that recomputing the context costs at most a quarter more.
+BATCH_ELEMENTS = 1 << 28
+MIN_CHUNK_OVER_CONTEXT = 4
 
 
 class _UnpacksAsTuple:
@@ -99,6 +103,11 @@ class DacModel(PreTrainedModel):
         self.decoder = Decoder(config.latent_dim, config.decoder_dim, config.decoder_rates)
         self._encoder_geometry = conv_geometry(self.encoder)
         self._decoder_geometry = conv_geometry(self.decoder)
+        hop = config.hop_length
+        lo, hi = input_span(self._encoder_geometry, 0, 0)  # the samples that code frame 0 reads
+        self._encoder_context = (math.ceil(-lo / hop), math.ceil((hi + 1 - hop) / hop))
+        lo, hi = input_span(self._decoder_geometry, 0, hop - 1)  # the frames that frame 0's samples read
+        self._decoder_context = (-lo, hi)
         self.post_init()
         self.eval()
 
@@ -307,6 +316,8 @@ class DacModel(PreTrainedModel):
             chunk_size_in_sec = self.config.encoding_chunk_size_in_sec
         chunk = self._chunk_frames(chunk_size_in_sec, self.config.frame_rate, "chunk_size_in_sec")
 
+        if audio.device.type != "cpu":
+            return self._encode_windows(audio, n_quantizers, chunk)
         n_frames = self.num_frames(audio.shape[-1])
         z_q = audio.new_empty(audio.shape[0], self.config.latent_dim, n_frames)
         codes = torch.empty(audio.shape[0], n_quantizers, n_frames, dtype=torch.long, device=audio.device)
@@ -377,6 +388,8 @@ class DacModel(PreTrainedModel):
                 weight[..., start * hop : start * hop + y.shape[-1]] += 1
             return audio.div_(weight)
 
+        if self.device.type != "cpu":
+            return self._decode_windows(zq, s, chunk)
         pieces, batch, n_frames = self._latent_pieces(zq, s, chunk)
         audio = torch.empty(batch, 1, self.num_samples(n_frames), dtype=self.dtype, device=self.device)
         done = 0
@@ -419,6 +432,55 @@ class DacModel(PreTrainedModel):
         codes = self._check_codes(s)
         pieces = (self.quantizer.from_codes(piece) for piece in codes.split(chunk or codes.shape[-1], dim=-1))
         return pieces, codes.shape[0], codes.shape[-1]
+
+    def _window_batches(self, n_frames: int, chunk: int, context: tuple[int, int], per_frame: int, batch: int):
+        """Batches of `plan_context_windows` for `n_frames` frames, each batch's widest activation (`per_frame`
+        elements a frame and item) within BATCH_ELEMENTS. Returns (list of batches of windows, window length)."""
+        chunk = max(chunk or n_frames, MIN_CHUNK_OVER_CONTEXT * sum(context))
+        windows = plan_context_windows(n_frames, chunk, *context)
+        length = min(n_frames, chunk + sum(context))
+        size = max(1, BATCH_ELEMENTS // (length * per_frame * batch))
+        return [windows[i : i + size] for i in range(0, len(windows), size)], length
+
+    def _encode_windows(self, audio: torch.Tensor, n_quantizers: int, chunk: int) -> DacEncoderOutput:
+        """`encode` of model-rate audio (batch, 1, time) as batches of windows with receptive-field context: on an
+        accelerator one wide batch beats many small streaming steps. Equals whole-signal encoding."""
+        hop, batch = self.hop_length, audio.shape[0]
+        n_frames = self.num_frames(audio.shape[-1])
+        audio = nn.functional.pad(audio, (0, n_frames * hop - audio.shape[-1]))  # as the reference's preprocess
+        per_frame = self.config.encoder_dim * hop  # the first block's activations are the widest
+        batches, length = self._window_batches(n_frames, chunk, self._encoder_context, per_frame, batch)
+        z = audio.new_empty(batch, self.config.latent_dim, n_frames)
+        for windows in batches:
+            x = torch.cat([audio[..., start * hop : (start + length) * hop] for start, _, _ in windows])
+            y = self.encoder(x).view(len(windows), batch, -1, length)  # (K * B, D, length) -> (K, B, D, length)
+            for (start, keep, stop), y_k in zip(windows, y):
+                z[..., keep:stop] = y_k[..., keep - start : stop - start]
+        z_q, codes = zip(*(self.quantizer(piece, n_quantizers) for piece in z.split(64 * QUANTIZE_FRAMES, -1)))
+        return DacEncoderOutput(z_q=torch.cat(z_q, -1), codes=torch.cat(codes, -1))
+
+    def _decode_windows(self, zq: Optional[torch.Tensor], s: Optional[torch.Tensor], chunk: int) -> torch.Tensor:
+        """`decode` (exact mode) as batches of windows with receptive-field context; see `_encode_windows`."""
+        if zq is not None:
+            z_q = self._check_latent(zq)
+            latent, batch, n_frames = (lambda a, b: z_q[..., a:b]), z_q.shape[0], z_q.shape[-1]
+        else:
+            codes = self._check_codes(s)
+            latent, batch, n_frames = (lambda a, b: self.quantizer.from_codes(codes[..., a:b])), *codes.shape[::2]
+        hop = self.hop_length
+        per_frame = max(  # the widest activation: (channels, samples a frame) after each block
+            block.res_unit1.conv1.out_channels * math.prod(self.config.decoder_rates[: i + 1])
+            for i, block in enumerate(self.decoder.block)
+        )
+        batches, length = self._window_batches(n_frames, chunk, self._decoder_context, per_frame, batch)
+        audio = torch.empty(batch, 1, self.num_samples(n_frames), dtype=self.dtype, device=self.device)
+        for windows in batches:
+            z = torch.cat([latent(start, start + length) for start, _, _ in windows])
+            y = self.decoder(z).view(len(windows), batch, 1, -1)  # (K * B, 1, t) -> (K, B, 1, t)
+            for (start, keep, stop), y_k in zip(windows, y):
+                end = min(stop * hop, audio.shape[-1])  # the last frames of 16 and 24 kHz are 8 samples short
+                audio[..., keep * hop : end] = y_k[..., (keep - start) * hop : end - start * hop]
+        return audio
 
     def _encode_pieces(
         self, pieces: Iterable[torch.Tensor], n_quantizers: int, min_frames: int = 0

@@ -227,3 +227,44 @@ def test_padded_batch_with_lengths_equals_items_one_by_one(model):
         model.encode(batch, sample_rate=rate, lengths=[1, 2])
     with pytest.raises(ValueError, match="lengths"):
         model.encode(batch, sample_rate=rate, lengths=[1, 2, max(lengths) + 1])
+
+
+def test_context_windows_cover_every_frame_once():
+    rng = random.Random(4)
+    for _ in range(200):
+        n, chunk, left, right = rng.randrange(1, 60), rng.randrange(1, 20), rng.randrange(0, 6), rng.randrange(0, 6)
+        windows = chunking.plan_context_windows(n, chunk, left, right)
+        length = min(n, chunk + left + right)
+        assert [keep for _, keep, _ in windows] == list(range(0, n, chunk))
+        assert [stop for _, _, stop in windows] == [min(k + chunk, n) for k in range(0, n, chunk)]
+        for start, keep, stop in windows:
+            assert 0 <= start and start + length <= n  # inside the signal, so every window has one length
+            # the kept frames have their context in the window, or sit at an end of the signal
+            assert start <= max(0, keep - left) and min(n, stop + right) <= start + length
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Batched windows of any chunk size, a few windows a batch: many windows and batches on short signals."""
+    monkeypatch.setattr(modeling, "MIN_CHUNK_OVER_CONTEXT", 0)
+    monkeypatch.setattr(modeling, "BATCH_ELEMENTS", 20_000)
+
+
+@torch.inference_mode()
+def test_batched_windows_equal_whole(model, small_batches):
+    """The accelerator path (batches of windows with context) gives whole-signal codes and audio; run here on
+    the CPU, where `encode` / `decode` stream instead."""
+    rate, hop = model.config.sampling_rate, model.hop_length
+    for n in lengths(hop):
+        audio = audio_of(n, batch=2, seed=n)
+        z_q, codes = model.encode(audio, sample_rate=rate, chunk_size_in_sec=0)
+        decoded = model.decode(zq=z_q, chunk_size=0)
+        for chunk in (1, 2, 5, 17):
+            z_q_w, codes_w = model._encode_windows(audio, model.config.n_codebooks, chunk)
+            assert torch.equal(codes_w, codes), (n, chunk)
+            assert (z_q_w - z_q).abs().max() <= AUDIO_TOLERANCE * z_q.abs().max()
+            decoded_w = model._decode_windows(z_q, None, chunk)
+            assert decoded_w.shape == decoded.shape
+            assert (decoded_w - decoded).abs().max() <= AUDIO_TOLERANCE, (n, chunk)
+        from_codes = model.decode(s=codes, chunk_size=0)
+        assert (model._decode_windows(None, codes, 3) - from_codes).abs().max() <= AUDIO_TOLERANCE

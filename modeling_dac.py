@@ -300,7 +300,8 @@ class DacModel(PreTrainedModel):
             sample_rate: Rate of `audio` in Hz; required for raw samples, read from the file for paths.
             n_quantizers: Number of codebooks to use (the bitrate), 1 to `config.n_codebooks`; all by default.
             chunk_size_in_sec: Audio per chunk; `config.encoding_chunk_size_in_sec` by default; 0 for no chunking.
-                The codes do not depend on it.
+                The codes do not depend on it. On an accelerator, chunks are batched windows (see
+                `_encode_windows`), by default as long as BATCH_ELEMENTS allows.
             lengths: For a padded batch (batch, channels, time) of signals of different lengths: the samples of
                 each. Each item is then encoded as if alone, and the output carries `frame_lengths`.
 
@@ -312,12 +313,13 @@ class DacModel(PreTrainedModel):
             return self._encode_padded_batch(audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths)
         audio = self._prepare_audio(audio, sample_rate)
         n_quantizers = self._check_n_quantizers(n_quantizers)
-        if chunk_size_in_sec is None:
+        given = chunk_size_in_sec is not None
+        if not given:
             chunk_size_in_sec = self.config.encoding_chunk_size_in_sec
         chunk = self._chunk_frames(chunk_size_in_sec, self.config.frame_rate, "chunk_size_in_sec")
 
         if audio.device.type != "cpu":
-            return self._encode_windows(audio, n_quantizers, chunk)
+            return self._encode_windows(audio, n_quantizers, chunk if given else None)
         n_frames = self.num_frames(audio.shape[-1])
         z_q = audio.new_empty(audio.shape[0], self.config.latent_dim, n_frames)
         codes = torch.empty(audio.shape[0], n_quantizers, n_frames, dtype=torch.long, device=audio.device)
@@ -364,7 +366,8 @@ class DacModel(PreTrainedModel):
         Args:
             zq: (batch, latent_dim, frames) quantized latent, as `encode` returns.
             s: (batch, n, frames) codes, with the first n <= n_codebooks codebooks.
-            chunk_size: Frames per chunk; `config.decoding_chunk_size` by default; 0 for no chunking.
+            chunk_size: Frames per chunk; `config.decoding_chunk_size` by default; 0 for no chunking. On an
+                accelerator, chunks are batched windows, by default as long as BATCH_ELEMENTS allows.
             mode: "exact" (default; equal to whole-signal decoding) or "overlap_average" (the seed model card's
                 averaged chunks, approximate); `config.decoding_mode` by default.
 
@@ -377,6 +380,8 @@ class DacModel(PreTrainedModel):
         if mode not in DECODING_MODES:
             raise ValueError(f"`mode` must be one of {DECODING_MODES}, got {mode!r}.")
         chunk = self._decode_chunk(chunk_size)
+        if mode == "exact" and self.device.type != "cpu":
+            return self._decode_windows(zq, s, chunk if chunk_size is not None else None)
         if mode == "overlap_average":
             z_q = self._check_latent(zq) if zq is not None else self.quantizer.from_codes(self._check_codes(s))
             hop, n_frames = self.hop_length, z_q.shape[-1]
@@ -388,8 +393,6 @@ class DacModel(PreTrainedModel):
                 weight[..., start * hop : start * hop + y.shape[-1]] += 1
             return audio.div_(weight)
 
-        if self.device.type != "cpu":
-            return self._decode_windows(zq, s, chunk)
         pieces, batch, n_frames = self._latent_pieces(zq, s, chunk)
         audio = torch.empty(batch, 1, self.num_samples(n_frames), dtype=self.dtype, device=self.device)
         done = 0
@@ -433,16 +436,21 @@ class DacModel(PreTrainedModel):
         pieces = (self.quantizer.from_codes(piece) for piece in codes.split(chunk or codes.shape[-1], dim=-1))
         return pieces, codes.shape[0], codes.shape[-1]
 
-    def _window_batches(self, n_frames: int, chunk: int, context: tuple[int, int], per_frame: int, batch: int):
+    def _window_batches(
+        self, n_frames: int, chunk: Optional[int], context: tuple[int, int], per_frame: int, batch: int
+    ) -> tuple[list, int]:
         """Batches of `plan_context_windows` for `n_frames` frames, each batch's widest activation (`per_frame`
-        elements a frame and item) within BATCH_ELEMENTS. Returns (list of batches of windows, window length)."""
+        elements a frame and item) within BATCH_ELEMENTS. `chunk`: frames kept per window; 0 for one window;
+        None for windows as long as the budget allows. Returns (list of batches of windows, window length)."""
+        if chunk is None:
+            chunk = max(1, BATCH_ELEMENTS // (per_frame * batch) - sum(context))
         chunk = max(chunk or n_frames, MIN_CHUNK_OVER_CONTEXT * sum(context))
         windows = plan_context_windows(n_frames, chunk, *context)
         length = min(n_frames, chunk + sum(context))
         size = max(1, BATCH_ELEMENTS // (length * per_frame * batch))
         return [windows[i : i + size] for i in range(0, len(windows), size)], length
 
-    def _encode_windows(self, audio: torch.Tensor, n_quantizers: int, chunk: int) -> DacEncoderOutput:
+    def _encode_windows(self, audio: torch.Tensor, n_quantizers: int, chunk: Optional[int]) -> DacEncoderOutput:
         """`encode` of model-rate audio (batch, 1, time) as batches of windows with receptive-field context: on an
         accelerator one wide batch beats many small streaming steps. Equals whole-signal encoding."""
         hop, batch = self.hop_length, audio.shape[0]
@@ -459,7 +467,9 @@ class DacModel(PreTrainedModel):
         z_q, codes = zip(*(self.quantizer(piece, n_quantizers) for piece in z.split(64 * QUANTIZE_FRAMES, -1)))
         return DacEncoderOutput(z_q=torch.cat(z_q, -1), codes=torch.cat(codes, -1))
 
-    def _decode_windows(self, zq: Optional[torch.Tensor], s: Optional[torch.Tensor], chunk: int) -> torch.Tensor:
+    def _decode_windows(
+        self, zq: Optional[torch.Tensor], s: Optional[torch.Tensor], chunk: Optional[int]
+    ) -> torch.Tensor:
         """`decode` (exact mode) as batches of windows with receptive-field context; see `_encode_windows`."""
         if zq is not None:
             z_q = self._check_latent(zq)

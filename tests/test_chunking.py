@@ -259,7 +259,7 @@ def test_batched_windows_equal_whole(model, small_batches):
         audio = audio_of(n, batch=2, seed=n)
         z_q, codes = model.encode(audio, sample_rate=rate, chunk_size_in_sec=0)
         decoded = model.decode(zq=z_q, chunk_size=0)
-        for chunk in (1, 2, 5, 17):
+        for chunk in (1, 2, 5, 17, None):  # None: windows as long as BATCH_ELEMENTS allows
             z_q_w, codes_w = model._encode_windows(audio, model.config.n_codebooks, chunk)
             assert torch.equal(codes_w, codes), (n, chunk)
             assert (z_q_w - z_q).abs().max() <= AUDIO_TOLERANCE * z_q.abs().max()

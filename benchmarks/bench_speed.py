@@ -1,6 +1,6 @@
 """Speed of our DAC encode / decode next to the reference package and transformers' DacModel, same weights and input.
 
-    .venv/bin/python benchmarks/bench_speed.py                      # 44khz, 10 s, encode + decode, all three, fp32
+    .venv/bin/python benchmarks/bench_speed.py                      # 44khz, 10 s, encode + decode, every impl, fp32
     .venv/bin/python benchmarks/bench_speed.py --presets 44khz 24khz 16khz --seconds 10 60 --repeats 5
     .venv/bin/python benchmarks/bench_speed.py --dtype bfloat16 --threads 2 --json speed.json
     .venv/bin/python benchmarks/bench_speed.py --seconds 2 --repeats 1  # quick check
@@ -8,6 +8,8 @@
 What is measured, per preset, length, operation and implementation:
 - ours: `DacModel.encode(x, sample_rate=sr)` / `DacModel.decode(s=codes)` with the model's default chunk sizes, loaded
   from a converted folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
+- ours+bf16: the same, after `model.to(torch.bfloat16)`, with bf16 audio, whatever --dtype says: our reduced-precision
+  path beside the fp32 reference.
 - reference (descript-audio-codec, `dac.model.DAC`): `encode(preprocess(x, sr))` / `decode(quantizer.from_codes(codes)[0])`
   under `torch.no_grad()`; the code-to-latent lookup is timed with decode, as ours and transformers' include it.
 - reference+jemalloc: the reference with jemalloc preloaded (LD_PRELOAD, MALLOC_CONF=dirty_decay_ms:-1,
@@ -53,7 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
 WARMUP_SECONDS = 1.0
-IMPLS = ("ours", "reference", "reference+jemalloc", "transformers")
+IMPLS = ("ours", "ours+bf16", "reference", "reference+jemalloc", "transformers")
 # The reference with jemalloc preloaded and its decay off: the fastest the reference gets without code changes.
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
@@ -199,7 +201,7 @@ def _load(spec: dict, dtype):
     folder, impl = Path(spec["folder"]), spec["impl"]
     sample_rate = PRESET_INFO[spec["preset"]]["sample_rate"]
     chunk = spec.get("chunk")  # ours only: None = the model's default, 0 = no chunking
-    if impl == "ours":
+    if impl in ("ours", "ours+bf16"):
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(folder / "ours", trust_remote_code=True).to(dtype)
@@ -271,7 +273,8 @@ def worker(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(SEED)
-    dtype = getattr(torch, spec["dtype"])
+    # ours+bf16: our bf16 path beside the others in --dtype (the fp32 reference, by default)
+    dtype = torch.bfloat16 if spec["impl"] == "ours+bf16" else getattr(torch, spec["dtype"])
     result = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     try:
         model, encode, decode = _load(spec, dtype)

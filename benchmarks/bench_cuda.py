@@ -129,7 +129,7 @@ def main() -> None:
                     row["snr_db"] = snr_db(exact_audio, output)
                 rows.append(row)
                 del output
-            del model
+            model = x = None  # frees the half-precision copy
             torch.cuda.empty_cache() if device.type == "cuda" else None
         if reference is not None:
             with torch.no_grad():
@@ -152,7 +152,7 @@ def main() -> None:
                         row["snr_db"] = snr_db(exact_audio, output[..., : exact_audio.shape[-1]])
                     rows.append(row)
                     del output
-        del audio, exact_audio
+        audio = exact_audio = None
         torch.cuda.empty_cache() if device.type == "cuda" else None
 
     for row in rows:

@@ -18,8 +18,8 @@ A chunk's result therefore equals whole-signal processing for any chunk size and
 float rounding in the convolutions. The geometry functions below walk the convolutions to give the receptive field
 (the streams' lookahead) and output lengths. On CUDA, where one wide batch beats many small steps, chunks run
 instead as a batch of windows that carry their receptive field as context (`plan_context_windows`), computing
-the context twice but every kept output as the whole signal has it. `plan_overlap_chunks` serves the earlier model card's approximate,
-overlap-averaged decoding, kept for compatibility.
+the context twice but every kept output as the whole signal has it. `plan_overlap_chunks` serves the earlier
+model card's approximate, overlap-averaged decoding, kept for compatibility.
 """
 
 from __future__ import annotations

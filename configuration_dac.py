@@ -1,8 +1,13 @@
-"""Configuration of the Descript Audio Codec (DAC), Kumar et al., NeurIPS 2023."""
+"""Configuration of the Descript Audio Codec (DAC), Kumar et al., NeurIPS 2023, and the checks of its values.
+
+The checks (`check_int`, `check_chunk_size`) serve the config and the model's per-call arguments alike: a value of
+the wrong type is a `TypeError`, a value of the right type outside what is allowed a `ValueError`.
+"""
 
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 from typing import Any, Optional, Sequence
 
 from transformers import PretrainedConfig
@@ -16,9 +21,42 @@ PRESETS: dict[str, dict[str, Any]] = {
         encoder_rates=[2, 4, 8, 8], decoder_rates=[8, 8, 4, 2], n_codebooks=18, latent_dim=128, sampling_rate=44100
     ),
 }
-
-DECODING_MODES = ("exact", "overlap_average")
 _RELEASE_DEFAULTS = dict(encoder_dim=64, decoder_dim=1536, codebook_size=1024, codebook_dim=8, latent_dim=None)
+# What makes two models the same model: the converter, the Hub build and the tests compare configs on these.
+ARCHITECTURE_KEYS = ("encoder_dim", "encoder_rates", "latent_dim", "decoder_dim", "decoder_rates", "n_codebooks",
+                     "codebook_size", "codebook_dim", "sampling_rate")
+DECODING_MODES = ("exact", "overlap_average")
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """`value` as an int >= `minimum`; bools and floats are a TypeError, even 2.0."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"`{name}` must be an int, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_chunk_size(name: str, value: Any, unit: str) -> float:
+    """A chunk size: 0 or None for no chunking, else a positive number of "seconds" or a positive int of "frames".
+    Returns it as a number, 0 for no chunking."""
+    if value is None:
+        return 0
+    if unit == "frames":
+        return check_int(name, value, minimum=0)
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"`{name}` must be a number of seconds, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a positive number of seconds, or 0 for no chunking; got {value!r}.")
+    return value
+
+
+def _int_list(name: str, value: Any) -> list[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"`{name}` must be a list of positive ints, got {value!r}.")
+    if not value:
+        raise ValueError(f"`{name}` must be a non-empty list of positive ints, got {value!r}.")
+    return [check_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
 
 
 def _preset(name: str) -> dict[str, Any]:
@@ -26,21 +64,6 @@ def _preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ValueError(f"Unknown DAC preset {name!r}; choose one of {sorted(PRESETS)}.")
     return {**_RELEASE_DEFAULTS, **PRESETS[name]}
-
-
-def _positive_int_list(name: str, value: Sequence[int]) -> list[int]:
-    if isinstance(value, (int, str)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise TypeError(f"`{name}` must be a list of positive ints, got {value!r}.")
-    value = list(value)
-    if not value or any(v <= 0 for v in value):
-        raise ValueError(f"`{name}` must be a non-empty list of positive ints, got {value!r}.")
-    return value
-
-
-def _positive(name: str, value: Any, kind: type = int) -> None:
-    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive {kind.__name__}, got {value!r}.")
 
 
 class DacConfig(PretrainedConfig):
@@ -58,9 +81,13 @@ class DacConfig(PretrainedConfig):
         sampling_rate: Sample rate of the audio the model takes and returns, in Hz.
         encoding_chunk_size_in_sec: Audio per encoder chunk, in seconds; 0 or None encodes the whole signal at once.
         decoding_chunk_size: Code frames per decoder chunk; 0 or None decodes all frames at once.
-        decoding_mode: "exact" (chunks carry cropped receptive-field context, the result equals whole-signal
-            decoding) or "overlap_average" (the seed model card's chunks averaged over an overlap; approximate).
+        decoding_mode: "exact" (the result equals whole-signal decoding) or "overlap_average" (the earlier model
+            card's chunks averaged over an overlap; approximate).
         decoding_overlap_rate: Overlap between chunks as a fraction of the chunk, for "overlap_average" only.
+
+    Raises:
+        TypeError: A value of the wrong type (a float or bool for an int, a string for a list).
+        ValueError: A value outside what is allowed, or a decoder that does not undo the encoder's hop.
     """
 
     model_type = "descript_audio_codec"
@@ -84,26 +111,23 @@ class DacConfig(PretrainedConfig):
     ):
         # Architecture values left out come from the 44.1 kHz release, or from the preset that config.json files
         # of the earlier model card name in `model_type_by_sampling_freq`.
+        given = dict(encoder_dim=encoder_dim, encoder_rates=encoder_rates, latent_dim=latent_dim,
+                     decoder_dim=decoder_dim, decoder_rates=decoder_rates, n_codebooks=n_codebooks,
+                     codebook_size=codebook_size, codebook_dim=codebook_dim, sampling_rate=sampling_rate)
         base = _preset(kwargs.get("model_type_by_sampling_freq") or "44khz")
-        encoder_dim = base["encoder_dim"] if encoder_dim is None else encoder_dim
-        encoder_rates = base["encoder_rates"] if encoder_rates is None else encoder_rates
-        decoder_dim = base["decoder_dim"] if decoder_dim is None else decoder_dim
-        decoder_rates = base["decoder_rates"] if decoder_rates is None else decoder_rates
-        n_codebooks = base["n_codebooks"] if n_codebooks is None else n_codebooks
-        codebook_size = base["codebook_size"] if codebook_size is None else codebook_size
-        codebook_dim = base["codebook_dim"] if codebook_dim is None else codebook_dim
-        sampling_rate = base["sampling_rate"] if sampling_rate is None else sampling_rate
-        if not isinstance(encoder_dim, int) or isinstance(encoder_dim, bool):
-            raise ValueError(f"`encoder_dim` must be a positive int, got {encoder_dim!r}.")
-        self.encoder_dim = encoder_dim
-        self.encoder_rates = _positive_int_list("encoder_rates", encoder_rates)
-        self.latent_dim = latent_dim if latent_dim is not None else encoder_dim * 2 ** len(self.encoder_rates)
-        self.decoder_dim = decoder_dim
-        self.decoder_rates = _positive_int_list("decoder_rates", decoder_rates)
-        self.n_codebooks = n_codebooks
-        self.codebook_size = codebook_size
-        self.codebook_dim = codebook_dim
-        self.sampling_rate = sampling_rate
+        values = {key: base[key] if value is None else value for key, value in given.items()}
+        self.encoder_dim = check_int("encoder_dim", values["encoder_dim"])
+        self.encoder_rates = _int_list("encoder_rates", values["encoder_rates"])
+        latent_dim = values["latent_dim"]
+        self.latent_dim = check_int(
+            "latent_dim", self.encoder_dim * 2 ** len(self.encoder_rates) if latent_dim is None else latent_dim
+        )
+        self.decoder_dim = check_int("decoder_dim", values["decoder_dim"])
+        self.decoder_rates = _int_list("decoder_rates", values["decoder_rates"])
+        self.n_codebooks = check_int("n_codebooks", values["n_codebooks"])
+        self.codebook_size = check_int("codebook_size", values["codebook_size"], minimum=2)
+        self.codebook_dim = check_int("codebook_dim", values["codebook_dim"])
+        self.sampling_rate = check_int("sampling_rate", values["sampling_rate"])
         self.encoding_chunk_size_in_sec = encoding_chunk_size_in_sec
         self.decoding_chunk_size = decoding_chunk_size
         self.decoding_mode = decoding_mode
@@ -112,10 +136,6 @@ class DacConfig(PretrainedConfig):
         self._validate()
 
     def _validate(self) -> None:
-        for name in ("encoder_dim", "latent_dim", "decoder_dim", "n_codebooks", "codebook_dim", "sampling_rate"):
-            _positive(name, getattr(self, name))
-        if not isinstance(self.codebook_size, int) or self.codebook_size < 2:
-            raise ValueError(f"`codebook_size` must be an int >= 2, got {self.codebook_size!r}.")
         if math.prod(self.decoder_rates) != self.hop_length:
             raise ValueError(
                 f"The decoder must upsample by the encoder's hop length: prod(decoder_rates={self.decoder_rates}) = "
@@ -126,19 +146,25 @@ class DacConfig(PretrainedConfig):
                 f"`decoder_dim` ({self.decoder_dim}) must be divisible by 2 ** len(decoder_rates) "
                 f"= {2 ** len(self.decoder_rates)}, since each decoder block halves the channels."
             )
-        if self.encoding_chunk_size_in_sec not in (None, 0):
-            _positive("encoding_chunk_size_in_sec", self.encoding_chunk_size_in_sec, float)
-        if self.decoding_chunk_size not in (None, 0):
-            _positive("decoding_chunk_size", self.decoding_chunk_size)
+        check_chunk_size("encoding_chunk_size_in_sec", self.encoding_chunk_size_in_sec, "seconds")
+        check_chunk_size("decoding_chunk_size", self.decoding_chunk_size, "frames")
         if self.decoding_mode not in DECODING_MODES:
             raise ValueError(f"`decoding_mode` must be one of {DECODING_MODES}, got {self.decoding_mode!r}.")
-        if not (isinstance(self.decoding_overlap_rate, (int, float)) and 0 <= self.decoding_overlap_rate < 1):
-            raise ValueError(f"`decoding_overlap_rate` must be in [0, 1), got {self.decoding_overlap_rate!r}.")
+        rate = self.decoding_overlap_rate
+        if isinstance(rate, bool) or not isinstance(rate, Real):
+            raise TypeError(f"`decoding_overlap_rate` must be a number in [0, 1), got {rate!r}.")
+        if not 0 <= rate < 1:
+            raise ValueError(f"`decoding_overlap_rate` must be in [0, 1), got {rate!r}.")
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> "DacConfig":
         """The config of a released model: one of "16khz", "24khz", "44khz", "44khz_16kbps"."""
         return cls(**{**_preset(name), **kwargs})
+
+    def architecture(self) -> dict[str, Any]:
+        """The values of `ARCHITECTURE_KEYS`: equal for two configs exactly when their weights are interchangeable
+        and they take the same audio."""
+        return {key: getattr(self, key) for key in ARCHITECTURE_KEYS}
 
     @property
     def hop_length(self) -> int:

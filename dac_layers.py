@@ -6,22 +6,22 @@ audio equal to float rounding. Convolutions hold plain weights: the reference's 
 folded at conversion time, which computes the same function without recomputing w on every call. For fine-tuning,
 `apply_weight_norm` puts the reparametrisation back and `remove_weight_norm` folds it again before saving.
 
+Each layer's `forward` runs a whole signal; beside it, `stream` builds the same layer from the stream engine's parts
+(streaming.py), with fresh state, for a signal that arrives in pieces.
+
 Module and parameter names equal those of transformers' `DacModel`, so its checkpoints load as they are; the
 reference's `nn.Sequential` names are mapped by `scripts/convert_checkpoint.py`.
 """
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chunking import PlainConv, StreamCache, conv_step, residual_step, run_stages
-
-TILE_ELEMENTS = 1 << 22  # activations per streaming step and layer: 16 MB in fp32, in cache and off mmap
+from .streaming import Chain, ConvStream, ConvTransposeStream, Map, Pipeline, Residual, Scratch
 
 KERNEL_SIZE = 7  # every non-strided convolution of the encoder and decoder, except the encoder's last (3)
 DILATIONS = (1, 3, 9)  # the three residual units of every block
@@ -53,8 +53,8 @@ class Snake1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return snake(x, self.alpha)
 
-    def step(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Snake of time-major x (batch, time, channels), the layout of the streaming path; into `out` if given."""
+    def time_major(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Snake of time-major x (batch, time, channels), the streams' layout; into `out` if given."""
         return snake(x, self.alpha.transpose(1, 2), out)
 
 
@@ -73,10 +73,9 @@ class ResidualUnit(nn.Module):
         y = self.conv2(self.snake2(self.conv1(self.snake1(x))))
         return y.add_(x) if not torch.is_grad_enabled() else y + x
 
-    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        y = conv_step(self.conv1, x, cache, final, activation=self.snake1.step)
-        y = conv_step(self.conv2, y, cache, final, activation=self.snake2.step)
-        return residual_step(self, x, y, cache)
+    def stream(self, scratch: Scratch) -> Residual:
+        return Residual(Chain(ConvStream.of(self.conv1, scratch, self.snake1.time_major),
+                              ConvStream.of(self.conv2, scratch, self.snake2.time_major)))
 
 
 class EncoderBlock(nn.Module):
@@ -94,10 +93,9 @@ class EncoderBlock(nn.Module):
         x = self.res_unit3(self.res_unit2(self.res_unit1(x)))
         return self.conv1(self.snake1(x))
 
-    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
-            x = unit.step(x, cache, final)
-        return conv_step(self.conv1, x, cache, final, activation=self.snake1.step)
+    def stream(self, scratch: Scratch) -> Chain:
+        units = (unit.stream(scratch) for unit in (self.res_unit1, self.res_unit2, self.res_unit3))
+        return Chain(*units, ConvStream.of(self.conv1, scratch, self.snake1.time_major))
 
 
 class Encoder(nn.Module):
@@ -117,16 +115,14 @@ class Encoder(nn.Module):
             x = block(x)
         return self.conv2(self.snake1(x))
 
-    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> Iterator[torch.Tensor]:
-        """`forward` over a signal (batch, 1, t) that arrives in pieces (see `conv_step`); `final` marks the last
-        piece. Yields the latent frames (batch, latent_dim, n) that the piece completes, in tiles. Inside, the
-        activations are time-major (batch, time, channels), as `conv_step` takes them."""
-        first = (partial(conv_step, self.conv1), self.conv1.out_channels)
-        stages = [first, *((block.step, 1) for block in self.block), (self._output_step, 1)]
-        return run_stages(stages, x.transpose(1, 2), cache, final, TILE_ELEMENTS)
-
-    def _output_step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        return conv_step(self.conv2, x, cache, final, activation=self.snake1.step).transpose(1, 2)
+    def stream(self) -> Pipeline:
+        """A fresh stream of `forward`: time-major audio (batch, t, 1) -> latent frames (batch, n, latent_dim)."""
+        scratch = Scratch()
+        return Pipeline([
+            (ConvStream.of(self.conv1, scratch), self.conv1.out_channels),  # 1 -> dim channels a sample
+            *((block.stream(scratch), 1) for block in self.block),  # C * 2, T / stride
+            (ConvStream.of(self.conv2, scratch, self.snake1.time_major), 1),
+        ])
 
 
 class DecoderBlock(nn.Module):
@@ -149,38 +145,9 @@ class DecoderBlock(nn.Module):
         x = self.conv_t1(self.snake1(x))
         return self.res_unit3(self.res_unit2(self.res_unit1(x)))
 
-    def step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        x = self._conv_t1_step(x, cache, final)
-        for unit in (self.res_unit1, self.res_unit2, self.res_unit3):
-            x = unit.step(x, cache, final)
-        return x
-
-    def _conv_t1_step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        """Snake, then the transposed conv as `stride` phases of one kernel-2 conv (polyphase), which runs 1.5-2x
-        faster on CPU and streams like any conv. With kernel 2s, uncropped output m * s + r is
-        W[:, :, r]^T x[m] + W[:, :, r + s]^T x[m - 1]; `padding` samples are then cropped at both ends.
-        Time-major (B, n, C_in) -> (B, n * s - crops, C_out)."""
-        conv, s = self.conv_t1, self.conv_t1.stride[0]
-        c_in, c_out, _ = conv.weight.shape
-        weight = conv.weight  # computed afresh on each access under weight norm: then nothing is cached
-        key = None if nn.utils.parametrize.is_parametrized(conv) else (weight.data_ptr(), weight._version, weight.dtype)
-        if key is None or getattr(self, "_polyphase_key", None) != key:
-            # (C_in, C_out, [q, r]) -> (s * C_out, C_in, 2), phase-major, taps ordered x[m - 1], x[m]
-            w = weight.view(c_in, c_out, 2, s).flip(2).permute(3, 1, 0, 2).reshape(s * c_out, c_in, 2)
-            self._polyphase = PlainConv(w.contiguous(), conv.bias.repeat(s), padding=1)
-            self._polyphase_key = key
-        z = conv_step(self._polyphase, x, cache, final, self.snake1.step, key=self)  # (B, n, s * C_out)
-        z = z.reshape(z.shape[0], -1, c_out)  # phase-major channels: interleaving the phases is a view
-
-        crop = cache.setdefault(conv, {"start": conv.padding[0], "held": None})
-        if crop["held"] is not None:
-            z = torch.cat([crop["held"], z], dim=1)
-        start = min(crop["start"], z.shape[1])
-        crop["start"] -= start
-        end = z.shape[1] - conv.padding[0]  # the last `padding` samples so far may be the stream's end
-        if not final:
-            crop["held"] = z[:, max(start, end) :].clone()
-        return z[:, start : max(start, end)]
+    def stream(self, scratch: Scratch) -> Chain:
+        units = (unit.stream(scratch) for unit in (self.res_unit1, self.res_unit2, self.res_unit3))
+        return Chain(ConvTransposeStream(self.conv_t1, scratch, self.snake1.time_major), *units)
 
 
 class Decoder(nn.Module):
@@ -205,17 +172,14 @@ class Decoder(nn.Module):
             x = block(x)
         return torch.tanh(self.conv2(self.snake1(x)))
 
-    def step(self, z: torch.Tensor, cache: StreamCache, final: bool) -> Iterator[torch.Tensor]:
-        """`forward` over latent frames (batch, latent_dim, n) that arrive in pieces (see `conv_step`); `final`
-        marks the last piece. Yields the audio (batch, 1, t) that the piece completes, in tiles. Inside, the
-        activations are time-major (batch, time, channels), as `conv_step` takes them."""
-        first = (partial(conv_step, self.conv1), self.conv1.out_channels / self.conv1.in_channels)
-        blocks = ((block.step, block.conv_t1.stride[0] / 2) for block in self.block)  # T * stride, C / 2
-        stages = [first, *blocks, (self._output_step, 1)]
-        return run_stages(stages, z.transpose(1, 2).contiguous(), cache, final, TILE_ELEMENTS)
-
-    def _output_step(self, x: torch.Tensor, cache: StreamCache, final: bool) -> torch.Tensor:
-        return torch.tanh_(conv_step(self.conv2, x, cache, final, activation=self.snake1.step)).transpose(1, 2)
+    def stream(self) -> Pipeline:
+        """A fresh stream of `forward`: time-major latent frames (batch, n, latent_dim) -> audio (batch, t, 1)."""
+        scratch = Scratch()
+        return Pipeline([
+            (ConvStream.of(self.conv1, scratch), self.conv1.out_channels / self.conv1.in_channels),
+            *((block.stream(scratch), block.conv_t1.stride[0] / 2) for block in self.block),  # T * stride, C / 2
+            (Chain(ConvStream.of(self.conv2, scratch, self.snake1.time_major), Map(torch.tanh_)), 1),
+        ])
 
 
 class VectorQuantize(nn.Module):

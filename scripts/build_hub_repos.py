@@ -56,8 +56,6 @@ RELEASE_FILES = {  # variant (a DacConfig preset) -> the original release's chec
 }
 DEFAULT_REPO_PREFIX = "dac-codec/dac-"
 USAGE_PLACEHOLDER = "path/or/hub-id"
-ARCHITECTURE = ("encoder_dim", "encoder_rates", "latent_dim", "decoder_dim", "decoder_rates", "n_codebooks",
-                "codebook_size", "codebook_dim", "sampling_rate")
 # What a clone of this repo has and a Hub repo does not: such parts of the README stay out of the cards.
 REPO_ONLY_SECTIONS = ("Converting weights", "Development")
 REPO_ONLY_PATH = re.compile(r"(?<![\w/.-])(scripts|tests|benchmarks|\.venv|\.ci)/")
@@ -180,9 +178,8 @@ def expected_files() -> list[str]:
 def check_architecture(config, variant: str) -> None:
     import convert_checkpoint
 
-    preset = convert_checkpoint.DacConfig.from_preset(variant)
-    wrong = [f"{k} {getattr(config, k)!r} (expected {getattr(preset, k)!r})"
-             for k in ARCHITECTURE if getattr(config, k) != getattr(preset, k)]
+    preset = convert_checkpoint.DacConfig.from_preset(variant).architecture()
+    wrong = [f"{k} {v!r} (expected {preset[k]!r})" for k, v in config.architecture().items() if v != preset[k]]
     if wrong:
         raise ValueError(f"The checkpoint for {variant!r} is not that model: " + "; ".join(wrong) + ".")
 

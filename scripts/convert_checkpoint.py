@@ -29,7 +29,8 @@ import dac_package  # noqa: E402
 
 modeling = dac_package.load()
 DacConfig, DacModel = modeling.DacConfig, modeling.DacModel
-PRESETS = sys.modules["dac_codec.configuration_dac"].PRESETS
+configuration = sys.modules["dac_codec.configuration_dac"]
+PRESETS, ARCHITECTURE_KEYS = configuration.PRESETS, configuration.ARCHITECTURE_KEYS
 
 AUTO_MAP = {"AutoConfig": "configuration_dac.DacConfig", "AutoModel": "modeling_dac.DacModel"}
 RUNTIME_FILES = (*dac_package.MODEL_FILES, "requirements.txt")
@@ -81,27 +82,22 @@ def original_key(name: str, n_encoder_blocks: int, n_decoder_blocks: int) -> str
 
 
 def config_from_original(kwargs: dict[str, Any], sampling_rate: Optional[int] = None) -> DacConfig:
-    """Our config from an original checkpoint's constructor arguments (`metadata["kwargs"]`)."""
-    arch = dict(
-        encoder_dim=kwargs["encoder_dim"],
-        encoder_rates=list(kwargs["encoder_rates"]),
-        latent_dim=kwargs.get("latent_dim"),  # absent in older files: encoder_dim * 2 ** len(rates)
-        decoder_dim=kwargs["decoder_dim"],
-        decoder_rates=list(kwargs["decoder_rates"]),
-        n_codebooks=kwargs["n_codebooks"],
-        codebook_size=kwargs["codebook_size"],
-        codebook_dim=kwargs["codebook_dim"],
-    )
-    sampling_rate = sampling_rate or kwargs.get("sample_rate") or _preset_sampling_rate(arch)
+    """Our config from an original checkpoint's constructor arguments (`metadata["kwargs"]`), which use our names
+    but `sample_rate`; older files lack `latent_dim` (then encoder_dim * 2 ** len(rates)) and `sample_rate`."""
+    missing = [key for key in ARCHITECTURE_KEYS if key not in ("latent_dim", "sampling_rate", *kwargs)]
+    if missing:
+        raise ValueError(f"The checkpoint's metadata lacks the architecture values {missing}.")
+    arch = {key: kwargs.get(key) for key in ARCHITECTURE_KEYS if key != "sampling_rate"}
+    sampling_rate = sampling_rate or kwargs.get("sample_rate") or _preset_sampling_rate(DacConfig(**arch))
     return DacConfig(**arch, sampling_rate=sampling_rate)
 
 
-def _preset_sampling_rate(arch: dict[str, Any]) -> int:
-    """The sample rate of the released model whose architecture `arch` is, for files that do not record it."""
-    config = DacConfig(**arch)
-    for preset in PRESETS.values():
-        reference = DacConfig(**preset)
-        if all(getattr(config, k) == getattr(reference, k) for k in ("encoder_rates", "n_codebooks", "latent_dim")):
+def _preset_sampling_rate(config: DacConfig) -> int:
+    """The sample rate of the released model whose architecture `config` has, for files that do not record it."""
+    ours = {k: v for k, v in config.architecture().items() if k != "sampling_rate"}
+    for name, preset in PRESETS.items():
+        release = DacConfig.from_preset(name).architecture()
+        if ours == {k: v for k, v in release.items() if k != "sampling_rate"}:
             return preset["sampling_rate"]
     raise ValueError("The checkpoint does not record its sample rate and matches no released model; "
                      "pass --sampling-rate.")

@@ -1,16 +1,24 @@
 """Random weights and test audio of a realistic scale, for tests, benchmarks and figures (no released weights can
-be downloaded here). A freshly initialised DAC has unit Snake frequencies, zero biases and equal weight-norm gains,
-which would leave parts of a checkpoint mapping untested; `perturb` varies all three."""
+be downloaded here).
+
+A freshly initialised DAC has unit Snake frequencies, zero biases and equal weight-norm gains, which would leave parts
+of a checkpoint mapping untested, and a narrow one (a test's tiny config) returns near-silence against which every
+tolerance passes. `perturb` is the one recipe for both: it varies all three, and `gain` scales narrow models'
+convolutions up to activations and audio of a realistic scale.
+"""
 
 import math
 
 import torch
 
+TINY_GAIN = 6.5  # the tests' tiny models (encoder_dim 4, decoder_dim 32): latents ~0.5, audio ~0.3 RMS, varied codes
+
 
 @torch.no_grad()
-def perturb(model: torch.nn.Module) -> torch.nn.Module:
-    """Snake alphas in [0.3, 3], biases ~ N(0, 0.02), and each output channel's gain scaled by [0.5, 1.5]: the
-    `weight_g` of weight-normed convolutions (the reference's), or the plain weights of folded ones (ours)."""
+def perturb(model: torch.nn.Module, gain: float = 1.0) -> torch.nn.Module:
+    """Snake alphas in [0.3, 3], biases ~ N(0, 0.02), and each output channel's gain scaled by [0.5, 1.5] * `gain`:
+    the `weight_g` of weight-normed convolutions (the reference's), or the plain weights of folded ones (ours).
+    Returns the model in eval mode."""
     names = {name for name, _ in model.named_parameters()}
     for name, p in model.named_parameters():
         if name.endswith("alpha"):
@@ -18,10 +26,32 @@ def perturb(model: torch.nn.Module) -> torch.nn.Module:
         elif name.endswith("bias"):
             p.normal_(0, 0.02)
         elif name.endswith("weight_g"):
-            p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+            p.mul_(torch.empty_like(p).uniform_(0.5, 1.5) * gain)
         elif name.endswith(".weight") and p.dim() == 3 and name[: -len("weight")] + "weight_g" not in names:
-            p.mul_(torch.empty(p.shape[0], 1, 1).uniform_(0.5, 1.5))
+            p.mul_(torch.empty(p.shape[0], 1, 1).uniform_(0.5, 1.5) * gain)
     return model.eval()
+
+
+def random_model(config, seed: int = 0, gain: float = 1.0):
+    """Our `DacModel` of `config` with seeded, perturbed random weights."""
+    import dac_package
+
+    torch.manual_seed(seed)
+    return perturb(dac_package.load().DacModel(config), gain)
+
+
+def reference_model(preset: str, seed: int = 0):
+    """The reference package's `dac.model.DAC` of a released preset with seeded, perturbed random weights."""
+    import dac
+    import dac_package
+
+    dac_package.load()
+    from dac_codec.configuration_dac import PRESETS
+
+    torch.manual_seed(seed)
+    kwargs = dict(PRESETS[preset])
+    kwargs["sample_rate"] = kwargs.pop("sampling_rate")
+    return perturb(dac.model.DAC(**kwargs))
 
 
 def sample_audio(sample_rate: int, seconds: float, seed: int = 0) -> torch.Tensor:

@@ -17,7 +17,8 @@ import torch
 pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
 import build_hub_repos  # noqa: E402
 import convert_checkpoint  # noqa: E402
-from test_reference import make_audio, reference_model  # noqa: E402
+import dac_package  # noqa: E402
+from random_weights import reference_model, sample_audio  # noqa: E402
 
 SCRIPT = str(build_hub_repos.ROOT / "scripts" / "build_hub_repos.py")
 PREFIX = "test-org/dac-"
@@ -53,9 +54,9 @@ def test_folder_holds_exactly_the_repo_files(built):
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     figures = sorted(f".fig/{p.name}" for p in (build_hub_repos.ROOT / ".fig").glob("*.png"))
     assert ".fig/chunking_error.png" in figures
-    assert files == sorted(["config.json", "model.safetensors", "README.md", "requirements.txt", "chunking.py",
-                            "configuration_dac.py", "modeling_dac.py", "dac_layers.py", *figures])
-    for name in ("configuration_dac.py", "modeling_dac.py", "dac_layers.py", "chunking.py", "requirements.txt"):
+    assert files == sorted(["config.json", "model.safetensors", "README.md", "requirements.txt",
+                            *dac_package.MODEL_FILES, *figures])
+    for name in (*dac_package.MODEL_FILES, "requirements.txt"):
         assert (folder / name).read_bytes() == (build_hub_repos.ROOT / name).read_bytes()
     assert '"auto_map"' in (folder / "config.json").read_text()
 
@@ -63,7 +64,7 @@ def test_folder_holds_exactly_the_repo_files(built):
 def test_copy_loads_offline_in_fresh_process(built, tmp_path):
     reference, folder = built
     copy = shutil.copytree(folder, tmp_path / "elsewhere" / "model")
-    audio = make_audio(16000, seconds=0.25)
+    audio = sample_audio(16000, 0.25)
     torch.save(audio, tmp_path / "audio.pt")
     code = (
         "import torch; from transformers import AutoModel\n"

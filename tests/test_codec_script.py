@@ -11,15 +11,9 @@ import soundfile
 import torch
 
 import convert_checkpoint
+from conftest import tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "codec.py"
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return convert_checkpoint.DacModel(convert_checkpoint.DacConfig(
-        encoder_dim=4, encoder_rates=[2, 4, 5, 8], decoder_dim=32, decoder_rates=[8, 5, 4, 2], n_codebooks=4,
-        codebook_size=16, codebook_dim=4, sampling_rate=16000))
 
 
 def run(args, tmp_path):

@@ -3,47 +3,14 @@
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import DacConfig, tiny_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import dac_package  # noqa: E402
-
-modeling = dac_package.load()
 configuration = sys.modules["dac_codec.configuration_dac"]
-DacConfig = configuration.DacConfig
-
-ARCH_KEYS = (
-    "encoder_dim",
-    "encoder_rates",
-    "latent_dim",
-    "decoder_dim",
-    "decoder_rates",
-    "n_codebooks",
-    "codebook_size",
-    "codebook_dim",
-    "sampling_rate",
-    "encoding_chunk_size_in_sec",
-    "decoding_chunk_size",
-    "decoding_mode",
-    "decoding_overlap_rate",
-)
-
-
-def tiny_config(**overrides):
-    kwargs = dict(
-        encoder_dim=4,
-        encoder_rates=[2, 4, 5, 8],
-        decoder_dim=32,
-        decoder_rates=[8, 5, 4, 2],
-        n_codebooks=4,
-        codebook_size=16,
-        codebook_dim=4,
-        sampling_rate=16000,
-    )
-    kwargs.update(overrides)
-    return DacConfig(**kwargs)
+# Every value a config.json carries: the architecture and the chunking options.
+KEYS = (*configuration.ARCHITECTURE_KEYS, "encoding_chunk_size_in_sec", "decoding_chunk_size", "decoding_mode",
+        "decoding_overlap_rate")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -84,7 +51,7 @@ def test_44khz_frame_rate_is_not_rounded():
 
 def test_default_config_is_the_44khz_8kbps_release():
     default, preset = DacConfig(), DacConfig.from_preset("44khz")
-    assert {k: getattr(default, k) for k in ARCH_KEYS} == {k: getattr(preset, k) for k in ARCH_KEYS}
+    assert {k: getattr(default, k) for k in KEYS} == {k: getattr(preset, k) for k in KEYS}
 
 
 def test_preset_overrides():
@@ -124,7 +91,12 @@ def test_model_type_does_not_collide_with_transformers_dac():
         # non-positive or non-int sizes
         (dict(encoder_dim=0), ValueError, "encoder_dim"),
         (dict(encoder_dim=-4), ValueError, "encoder_dim"),
-        (dict(encoder_dim=4.0), ValueError, "encoder_dim"),
+        (dict(encoder_dim=4.0), TypeError, "encoder_dim"),
+        (dict(encoder_dim=True), TypeError, "encoder_dim.*bool"),
+        (dict(n_codebooks=True), TypeError, "n_codebooks"),
+        (dict(codebook_size=2.0), TypeError, "codebook_size"),
+        (dict(sampling_rate=16000.0), TypeError, "sampling_rate"),
+        (dict(sampling_rate="16000"), TypeError, "sampling_rate"),
         (dict(latent_dim=0), ValueError, "latent_dim"),
         (dict(latent_dim=-1), ValueError, "latent_dim"),
         (dict(decoder_dim=0), ValueError, "decoder_dim"),
@@ -149,12 +121,18 @@ def test_model_type_does_not_collide_with_transformers_dac():
         (dict(decoding_overlap_rate=-0.1), ValueError, r"\[0, 1\)"),
         (dict(decoding_overlap_rate=1.0), ValueError, r"\[0, 1\)"),
         (dict(decoding_overlap_rate=1.5), ValueError, r"\[0, 1\)"),
-        (dict(decoding_overlap_rate="0.1"), ValueError, "decoding_overlap_rate"),
+        (dict(decoding_overlap_rate="0.1"), TypeError, "decoding_overlap_rate"),
+        (dict(decoding_overlap_rate=False), TypeError, "decoding_overlap_rate"),
         # chunk sizes
         (dict(encoding_chunk_size_in_sec=-1), ValueError, "encoding_chunk_size_in_sec"),
         (dict(encoding_chunk_size_in_sec=-0.5), ValueError, "encoding_chunk_size_in_sec"),
         (dict(decoding_chunk_size=-1), ValueError, "decoding_chunk_size"),
-        (dict(decoding_chunk_size=2.5), ValueError, "decoding_chunk_size"),
+        (dict(decoding_chunk_size=2.5), TypeError, "decoding_chunk_size"),
+        (dict(decoding_chunk_size=True), TypeError, "decoding_chunk_size"),
+        (dict(encoding_chunk_size_in_sec=True), TypeError, "encoding_chunk_size_in_sec"),
+        (dict(encoding_chunk_size_in_sec="1"), TypeError, "encoding_chunk_size_in_sec"),
+        (dict(encoding_chunk_size_in_sec=float("inf")), ValueError, "encoding_chunk_size_in_sec"),
+        (dict(encoder_rates=[2, True, 5, 8]), TypeError, "encoder_rates"),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
@@ -192,7 +170,7 @@ def test_nan_encoding_chunk_size_is_rejected():
 # ----------------------------------------------------------------------------------------------------------------
 # Serialization
 def _arch(config):
-    return {key: getattr(config, key) for key in ARCH_KEYS}
+    return {key: getattr(config, key) for key in KEYS}
 
 
 NON_DEFAULT = dict(
@@ -243,7 +221,7 @@ def test_presets_round_trip_through_json(tmp_path, name):
 
 
 def test_old_model_card_config_json_still_loads(tmp_path):
-    # config.json as the seed model card (a wrapper around the `dac` package) wrote it: none of the architecture
+    # config.json as the earlier model card (a wrapper around the `dac` package) wrote it: none of the architecture
     # keys, and keys of its own that this config does not use.
     old = {
         "architectures": ["DAC"],
@@ -264,9 +242,7 @@ def test_old_model_card_config_json_still_loads(tmp_path):
     assert config.decoding_mode == "exact"
     # The architecture falls back to the defaults: the 44.1 kHz release the old card names.
     preset = DacConfig.from_preset("44khz")
-    for key in ("encoder_dim", "encoder_rates", "latent_dim", "decoder_dim", "decoder_rates", "n_codebooks",
-                "codebook_size", "codebook_dim", "sampling_rate"):
-        assert getattr(config, key) == getattr(preset, key), key
+    assert config.architecture() == preset.architecture()
     assert config.frame_rate == 86.1328125
     # Unknown keys are kept, not dropped, and survive another save.
     assert config.model_type_by_sampling_freq == "44khz"

@@ -10,14 +10,12 @@ are checked as the reduced-precision path is published: most codes equal, audio 
 
 import copy
 
-import dac_package
 import pytest
 import torch
-from random_weights import perturb, sample_audio
+from conftest import DacConfig
+from random_weights import random_model, reference_model, sample_audio
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-modeling = dac_package.load()
-DacConfig, DacModel = modeling.DacConfig, modeling.DacModel
 AUDIO_TOLERANCE = 1e-4
 CODE_AGREEMENT = 0.99
 
@@ -39,8 +37,7 @@ def no_tf32():
 
 @pytest.fixture(scope="module", params=["16khz", "44khz"])
 def models(request):
-    torch.manual_seed(0)
-    cpu = perturb(DacModel(DacConfig.from_preset(request.param)))
+    cpu = random_model(DacConfig.from_preset(request.param))
     return cpu, copy.deepcopy(cpu).cuda()
 
 
@@ -91,13 +88,10 @@ def test_cuda_half_precision_close_to_float32(models, dtype):
 def test_cuda_matches_reference_package(tmp_path):
     """Both on the GPU, full-size 44.1 kHz with perturbed random weights: our windows give the reference's codes
     (up to near-ties) and audio."""
-    dac = pytest.importorskip("dac", reason="the reference package is a test dependency")
+    pytest.importorskip("dac", reason="the reference package is a test dependency")
     import convert_checkpoint
 
-    torch.manual_seed(0)
-    kwargs = dict(convert_checkpoint.PRESETS["44khz"])
-    kwargs["sample_rate"] = kwargs.pop("sampling_rate")
-    reference = perturb(dac.model.DAC(**kwargs))
+    reference = reference_model("44khz")
     reference.save(str(tmp_path / "weights.pth"), package=False)
     ours = convert_checkpoint.model_from_original(str(tmp_path / "weights.pth")).cuda()
     reference = reference.cuda()

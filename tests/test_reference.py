@@ -19,22 +19,12 @@ import torch
 
 dac = pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
 import convert_checkpoint  # noqa: E402
-from random_weights import perturb, sample_audio  # noqa: E402
+import dac_package  # noqa: E402
+from random_weights import perturb, reference_model, sample_audio  # noqa: E402
 
 PRESETS = convert_checkpoint.PRESETS
 SECONDS = 2.0
 AUDIO_TOLERANCE = 1e-4
-
-
-def reference_model(preset: str, seed: int = 0) -> "dac.model.DAC":
-    torch.manual_seed(seed)
-    kwargs = dict(PRESETS[preset])
-    kwargs["sample_rate"] = kwargs.pop("sampling_rate")
-    return perturb(dac.model.DAC(**kwargs))
-
-
-def make_audio(sample_rate: int, seconds: float = SECONDS, seed: int = 0) -> torch.Tensor:
-    return sample_audio(sample_rate, seconds, seed)
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +45,13 @@ def test_matches_reference(preset, tmp_path, offline, monkeypatch):
     assert type(model).__name__ == "DacModel" and not model.training
 
     sample_rate = PRESETS[preset]["sampling_rate"]
-    audio = make_audio(sample_rate)
+    audio = sample_audio(sample_rate, SECONDS)
     with torch.no_grad():
         z, codes, *_ = reference.encode(reference.preprocess(audio, sample_rate))
         expected_from_z = reference.decode(z)
         expected_from_codes = reference.decode(reference.quantizer.from_codes(codes)[0])
 
-    # The seed model card's snippet, verbatim, on a file holding exactly these samples (32-bit float WAV).
+    # The earlier model card's snippet, verbatim, on a file holding exactly these samples (32-bit float WAV).
     monkeypatch.chdir(tmp_path)
     soundfile.write("file.wav", audio[0, 0].numpy(), sample_rate, subtype="FLOAT")
     zq, s = model.encode('file.wav')
@@ -94,8 +84,7 @@ def test_converted_folder_loads_in_fresh_process(tmp_path):
     reference.save(str(tmp_path / "weights.pth"), package=False)
     folder = convert_checkpoint.convert(str(tmp_path / "weights.pth"), str(tmp_path / "converted"))
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "README.md", "requirements.txt", "configuration_dac.py",
-         "modeling_dac.py", "dac_layers.py", "chunking.py"])
+        ["config.json", "model.safetensors", "README.md", "requirements.txt", *dac_package.MODEL_FILES])
     code = (
         "import torch; from transformers import AutoModel\n"
         f"m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
@@ -156,7 +145,7 @@ def test_transformers_checkpoint(tmp_path):
     hf.save_pretrained(tmp_path / "hf")
     folder = convert_checkpoint.convert(str(tmp_path / "hf"), str(tmp_path / "converted"))
     model = convert_checkpoint.DacModel.from_pretrained(folder)
-    audio = make_audio(16000, seconds=0.5)[..., :8000]  # a multiple of the hop: transformers does not pad
+    audio = sample_audio(16000, 0.5)[..., :8000]  # a multiple of the hop: transformers does not pad
     with torch.no_grad():
         expected = hf.encode(audio)
         expected_audio = hf.decode(audio_codes=expected.audio_codes).audio_values

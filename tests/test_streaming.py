@@ -1,0 +1,122 @@
+"""The stream engine, one part at a time: each streamed convolution, transposed convolution and layer, fed a signal
+cut at random points (empty pieces too, and a last piece that is not empty), gives what the plain layer gives for
+the whole signal.
+
+Tolerance: 1e-5 relative to the output's peak. The streams run the same sums as torch's convolutions, in another
+order (a GEMM over gathered windows, or a channels-last convolution); float32 rounding then differs by a few ulps.
+"""
+
+import random
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_model
+from torch import nn
+
+streaming = sys.modules["dac_codec.streaming"]
+layers = sys.modules["dac_codec.dac_layers"]
+TOLERANCE = 1e-5
+
+
+def pieces(length, rng, n_pieces):
+    """Random cut points of [0, length), with empty pieces among them."""
+    cuts = sorted(rng.choices(range(length + 1), k=n_pieces - 1))
+    bounds = [0, *cuts, length]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def run_stream(stream, x, rng, n_pieces, final_piece):
+    """Feeds time-major x (B, t, C) to `stream` in random pieces; the last one with final=True, holding the last
+    piece when `final_piece`, else empty."""
+    cut = pieces(x.shape[1], rng, n_pieces)
+    if final_piece:
+        *cut, (last_start, _) = cut
+    else:
+        last_start = x.shape[1]
+    outputs = [stream.step(x[:, a:b], final=False) for a, b in cut]
+    outputs.append(stream.step(x[:, last_start:], final=True))
+    return torch.cat(outputs, dim=1)
+
+
+def close(streamed, expected):
+    assert streamed.shape == expected.shape
+    if expected.numel():  # a stride-1 upsampler of one input has no output
+        assert (streamed - expected).abs().max() <= TOLERANCE * expected.abs().max()
+
+
+def snake(x, out=None):
+    """A time-major activation with the signature the streams take."""
+    return torch.sin(x, out=out).add_(x) if out is not None else torch.sin(x) + x
+
+
+CONVS = [(k, s, d) for k in (1, 2, 3, 7) for s in (1, 2, 3, 5) for d in (1, 3, 9) if s == 1 or d == 1]
+
+
+@pytest.mark.parametrize("kernel, stride, dilation", CONVS)
+@pytest.mark.parametrize("time_steps", [1, 7, 150, 1300])  # 1300: past GEMM_STEPS, the conv2d path
+def test_conv_stream_equals_conv1d(kernel, stride, dilation, time_steps):
+    rng = random.Random(kernel * 1000 + stride * 100 + dilation * 10 + time_steps)
+    g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+    c_in, c_out = 6, 5
+    padding = rng.choice([0, dilation * (kernel - 1) // 2, (stride + 1) // 2])
+    weight, bias = torch.randn(c_out, c_in, kernel, generator=g), torch.randn(c_out, generator=g)
+    x = torch.randn(2, time_steps, c_in, generator=g)
+    for activation in (None, snake):
+        signal = x if activation is None else snake(x)
+        if (signal.shape[1] + 2 * padding - dilation * (kernel - 1) - 1) < 0:
+            continue  # no output at all: torch refuses such a conv
+        expected = F.conv1d(signal.transpose(1, 2), weight, bias, stride, padding, dilation).transpose(1, 2)
+        for n_pieces, final_piece in ((1, False), (1, True), (4, True), (13, False)):
+            stream = streaming.ConvStream(weight, bias, streaming.Scratch(), stride, dilation, padding, activation)
+            close(run_stream(stream, x, rng, n_pieces, final_piece), expected)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("time_steps", [1, 2, 9, 200])
+def test_polyphase_transposed_conv_stream_equals_conv_transpose1d(stride, time_steps):
+    rng = random.Random(stride * 1000 + time_steps)
+    g = torch.Generator().manual_seed(stride)
+    conv = nn.ConvTranspose1d(6, 5, kernel_size=2 * stride, stride=stride, padding=(stride + 1) // 2)
+    with torch.no_grad():
+        conv.weight.normal_(generator=g), conv.bias.normal_(generator=g)
+    x = torch.randn(2, time_steps, 6, generator=g)
+    with torch.no_grad():
+        expected = conv(snake(x).transpose(1, 2)).transpose(1, 2)
+        for n_pieces, final_piece in ((1, False), (1, True), (3, True), (9, False)):
+            stream = streaming.ConvTransposeStream(conv, streaming.Scratch(), snake)
+            close(run_stream(stream, x, rng, n_pieces, final_piece), expected)
+
+
+@pytest.mark.parametrize("geometry", ["16khz", "44khz"])
+@torch.no_grad()
+def test_layer_streams_equal_forward(geometry):
+    """Each layer kind's `stream` against its `forward`: residual units (pending skips), encoder blocks (strided
+    convs) and decoder blocks (polyphase upsampling and crops), sharing one scratch buffer as in a model."""
+    model = tiny_model(geometry)
+    rng = random.Random(7)
+    g = torch.Generator().manual_seed(7)
+    cases = [model.encoder.block[0].res_unit3, model.decoder.block[1].res_unit2, *model.encoder.block,
+             *model.decoder.block]
+    for layer in cases:
+        channels = layer.conv1.in_channels if not isinstance(layer, layers.DecoderBlock) else layer.conv_t1.in_channels
+        x = torch.randn(1, channels, 97, generator=g)
+        expected = layer(x).transpose(1, 2)
+        for n_pieces in (1, 5, 20):
+            close(run_stream(layer.stream(streaming.Scratch()), x.transpose(1, 2), rng, n_pieces, True), expected)
+
+
+@torch.no_grad()
+def test_pipeline_tiles_do_not_change_the_result():
+    """Tiles of one step (down to a step each) give what one tile gives: the budget sets memory, not results."""
+    model = tiny_model("44khz")
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(1, 40, model.config.latent_dim, generator=g)
+    whole = torch.cat(list(model.decoder.stream().steps(z, final=True)), dim=1)
+    expected = model.decoder(z.transpose(1, 2)).transpose(1, 2)
+    close(whole, expected)
+    for budget in (1, 300, 5000):
+        stream = model.decoder.stream()
+        stream.budget = budget
+        close(torch.cat([*stream.steps(z[:, :17], final=False), *stream.steps(z[:, 17:], final=True)], 1), expected)

@@ -41,6 +41,28 @@ def check_tensor(value: object, name: str) -> torch.Tensor:
     return value
 
 
+def check_blocks(blocks: object) -> Iterator:
+    """An iterator over a stream's blocks; one tensor or array is refused, since its rows would pass for blocks."""
+    if isinstance(blocks, (torch.Tensor, np.ndarray)):
+        raise TypeError("`blocks` must be an iterable of blocks, not one tensor or array (whose rows would be "
+                        "taken for blocks); to stream one signal, split it: `x.split(n, dim=-1)`.")
+    try:
+        return iter(blocks)
+    except TypeError:
+        raise TypeError(f"`blocks` must be an iterable of blocks, got {type(blocks).__name__}.") from None
+
+
+def check_same_shape(blocks: Iterable[torch.Tensor], what: str) -> Iterator[torch.Tensor]:
+    """The blocks of a stream, each checked to have the first one's batch size and `what` (dimension 1)."""
+    shape = None
+    for index, block in enumerate(blocks):
+        if shape is not None and block.shape[:2] != shape:
+            raise ValueError(f"Block {index} has batch size and {what} {tuple(block.shape[:2])}, but the stream "
+                             f"began with {tuple(shape)}; every block of a stream must have the same.")
+        shape = block.shape[:2]
+        yield block
+
+
 def check_output_path(path: object, name: str = "path") -> str:
     """The path of a file to write: its folder must exist, and it must not be a folder itself."""
     if not isinstance(path, (str, os.PathLike)):
@@ -140,7 +162,9 @@ def prepare_audio(audio: AudioInput, sample_rate: Optional[int], target_rate: in
     if isinstance(audio, (str, os.PathLike)):
         data, file_rate = load_audio(audio)
         if sample_rate is not None and check_sample_rate(sample_rate) != file_rate:
-            raise ValueError(f"`sample_rate={sample_rate}` contradicts the file's own rate {file_rate} Hz; leave it out.")
+            raise ValueError(
+                f"`sample_rate={sample_rate}` contradicts the file's own rate {file_rate} Hz; leave it out."
+            )
         audio, sample_rate = torch.from_numpy(data), file_rate
     audio = as_audio(audio)
     if sample_rate is None:
@@ -158,21 +182,15 @@ def prepare_blocks(blocks: Iterable[object], sample_rate: int, target_rate: int)
     """A stream of sample blocks -> float32 (batch, 1, t) blocks at `target_rate`, resampled as a stream (the
     same samples as resampling the whole signal). Every block must have the first one's batch and channels; empty
     blocks are allowed and skipped."""
-    sample_rate = check_sample_rate(sample_rate)
-    resampler, shape = None, None
+    sample_rate, resampler, batch = check_sample_rate(sample_rate), None, 1
+    blocks = check_same_shape((as_audio(block, f"block {i}") for i, block in enumerate(blocks)), "channels")
     for index, block in enumerate(blocks):
-        block = as_audio(block, f"block {index}")
-        if shape is None:
-            shape = block.shape[:2]
-            if 0 in shape:
-                raise ValueError(f"Block {index} shaped {tuple(block.shape)} has no batch items or no channels.")
+        if index == 0:
+            if 0 in block.shape[:2]:
+                raise ValueError(f"Block 0 shaped {tuple(block.shape)} has no batch items or no channels.")
             if sample_rate != target_rate:
-                resampler = soxr.ResampleStream(sample_rate, target_rate, shape[0], dtype="float64", quality="HQ")
-        elif block.shape[:2] != shape:
-            raise ValueError(
-                f"Block {index} has batch size and channels {tuple(block.shape[:2])}, but the stream began with "
-                f"{tuple(shape)}; every block of a stream must have the same."
-            )
+                batch = block.shape[0]
+                resampler = soxr.ResampleStream(sample_rate, target_rate, batch, dtype="float64", quality="HQ")
         if block.shape[-1] == 0:
             continue
         _check_samples(block, f"block {index}")
@@ -182,7 +200,7 @@ def prepare_blocks(blocks: Iterable[object], sample_rate: int, target_rate: int)
         if block.shape[-1]:
             yield block
     if resampler is not None:
-        end = _resample_chunk(resampler, torch.zeros(shape[0], 1, 0), last=True)
+        end = _resample_chunk(resampler, torch.zeros(batch, 1, 0), last=True)
         if end.shape[-1]:
             yield end
 
@@ -221,6 +239,19 @@ def write_audio(path: PathLike, waveform: torch.Tensor, sample_rate: int) -> Non
     samples = check_waveform(waveform).detach().float().cpu().numpy()
     with open_audio_file(path, sample_rate) as file:
         file.write(samples)
+
+
+def write_audio_pieces(path: PathLike, pieces: Iterable[torch.Tensor], sample_rate: int) -> None:
+    """Writes a mono signal that comes in pieces (1, 1, t) to an audio file as they come. The file is opened (and
+    its path checked) before the first piece is asked for; if making a piece fails, no file is left."""
+    file = open_audio_file(path, sample_rate)
+    try:
+        with file:
+            for piece in pieces:
+                file.write(piece[0, 0].float().cpu().numpy())
+    except BaseException:
+        os.remove(file.name)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -279,6 +279,66 @@ def stream_decode(decoder: nn.Module, chunks: Iterable[torch.Tensor]) -> Iterato
         yield audio.transpose(1, 2)
 
 
+def encode_streamed(
+    encoder: nn.Module, quantizer: nn.Module, audio: torch.Tensor, n_quantizers: int, chunk: int,
+    geometry: CodecGeometry,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_q, codes) of model-rate audio (batch, 1, time), streamed in chunks of `chunk` frames (0: one chunk)."""
+    batch, n_frames = audio.shape[0], geometry.num_frames(audio.shape[-1])
+    z_q, codes, done = None, None, 0
+    chunks = audio.split(chunk * geometry.hop_length or audio.shape[-1], dim=-1)
+    for z_q_i, codes_i in stream_encode(encoder, quantizer, chunks, n_quantizers, geometry.hop_length,
+                                        min_frames=QUANTIZE_FRAMES):
+        if z_q is None:
+            z_q = z_q_i.new_empty(batch, z_q_i.shape[1], n_frames)
+            codes = codes_i.new_empty(batch, n_quantizers, n_frames)
+        z_q[..., done : done + codes_i.shape[-1]], codes[..., done : done + codes_i.shape[-1]] = z_q_i, codes_i
+        done += codes_i.shape[-1]
+    return z_q, codes
+
+
+def decode_streamed(decoder: nn.Module, latents: Latents, chunk: int, geometry: CodecGeometry) -> torch.Tensor:
+    """Audio (batch, 1, samples) of `latents`, streamed in chunks of `chunk` frames (0: one chunk)."""
+    audio, done = None, 0
+    for piece in stream_decode(decoder, latents.chunks(chunk)):
+        if audio is None:
+            audio = piece.new_empty(latents.batch, 1, geometry.num_samples(latents.frames))
+        audio[..., done : done + piece.shape[-1]] = piece
+        done += piece.shape[-1]
+    return audio
+
+
+def stack_padded(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z_q, codes) of items encoded one by one, each of batch 1 -> (z_q, codes) of the batch, zero-padded to the
+    longest item, and the frames of each item (batch,)."""
+    n_frames = max(codes.shape[-1] for _, codes in items)
+    z_q = items[0][0].new_zeros(len(items), items[0][0].shape[1], n_frames)
+    codes = items[0][1].new_zeros(len(items), items[0][1].shape[1], n_frames)
+    for i, (z_q_i, codes_i) in enumerate(items):
+        z_q[i, :, : z_q_i.shape[-1]], codes[i, :, : codes_i.shape[-1]] = z_q_i[0], codes_i[0]
+    return z_q, codes, torch.tensor([c.shape[-1] for _, c in items], device=codes.device)
+
+
+def encode_blocks(
+    encoder: nn.Module, quantizer: nn.Module, blocks: Iterable[torch.Tensor], n_quantizers: int, chunk: int,
+    hop_length: int,
+) -> Iterator[torch.Tensor]:
+    """`encode_stream`: codes (batch, n_quantizers, n) as soon as blocks of model-rate audio (batch, 1, t) determine
+    them, each block cut into chunks of at most `chunk` samples (0: whole blocks)."""
+    chunks = (piece for block in blocks for piece in block.split(chunk or block.shape[-1], dim=-1))
+    for _, codes in stream_encode(encoder, quantizer, chunks, n_quantizers, hop_length):
+        yield codes
+
+
+def decode_blocks(
+    decoder: nn.Module, quantizer: nn.Module, blocks: Iterable[torch.Tensor], chunk: int
+) -> Iterator[torch.Tensor]:
+    """`decode_stream`: audio (batch, 1, t) as soon as blocks of codes (batch, n, frames) determine it, each block
+    cut into chunks of at most `chunk` frames (0: whole blocks)."""
+    latents = (z for block in blocks if block.shape[-1] for z in Latents(quantizer, None, block).chunks(chunk))
+    yield from stream_decode(decoder, latents)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Batched windows
 def encode_windows(

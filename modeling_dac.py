@@ -11,7 +11,6 @@ streamed strategies in chunking.py, files and input preparation in audio_io.py.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Iterable, Iterator, Optional, Union
@@ -23,12 +22,12 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .audio_io import (
-    AudioInput, PathLike, check_sample_rate, check_tensor, load_audio, load_tensor, open_audio_file, prepare_audio,
-    prepare_blocks, save_tensor, write_audio,
+    AudioInput, PathLike, check_blocks, check_same_shape, check_sample_rate, check_tensor, load_audio, load_tensor,
+    prepare_audio, prepare_blocks, save_tensor, write_audio, write_audio_pieces,
 )
 from .chunking import (
-    QUANTIZE_FRAMES, CodecGeometry, Latents, decode_overlap_average, decode_windows, encode_windows, stream_decode,
-    stream_encode,
+    CodecGeometry, Latents, decode_blocks, decode_overlap_average, decode_streamed, decode_windows, encode_blocks,
+    encode_streamed, encode_windows, stack_padded, stream_decode,
 )
 from .configuration_dac import DECODING_MODES, DacConfig, check_chunk_size
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
@@ -185,15 +184,8 @@ class DacModel(PreTrainedModel):
             given = chunk if chunk_size_in_sec is not None else None
             return DacEncoderOutput(*encode_windows(self.encoder, self.quantizer, audio, n_quantizers, given,
                                                     self.geometry))
-        n_frames = self.num_frames(audio.shape[-1])
-        z_q = audio.new_empty(audio.shape[0], self.config.latent_dim, n_frames)
-        codes = torch.empty(audio.shape[0], n_quantizers, n_frames, dtype=torch.long)
-        done, chunks = 0, audio.split(chunk * self.hop_length or audio.shape[-1], dim=-1)
-        for z_q_i, codes_i in stream_encode(self.encoder, self.quantizer, chunks, n_quantizers, self.hop_length,
-                                            min_frames=QUANTIZE_FRAMES):
-            z_q[..., done : done + codes_i.shape[-1]], codes[..., done : done + codes_i.shape[-1]] = z_q_i, codes_i
-            done += codes_i.shape[-1]
-        return DacEncoderOutput(z_q=z_q, codes=codes)
+        return DacEncoderOutput(*encode_streamed(self.encoder, self.quantizer, audio, n_quantizers, chunk,
+                                                 self.geometry))
 
     @torch.inference_mode()
     def decode(
@@ -223,13 +215,9 @@ class DacModel(PreTrainedModel):
                                           self.geometry)
         if self.device.type != "cpu":
             return decode_windows(self.decoder, latents, chunk if chunk_size is not None else None, self.geometry)
-        audio = torch.empty(latents.batch, 1, self.num_samples(latents.frames), dtype=self.dtype)
-        done = 0
-        for piece in stream_decode(self.decoder, latents.chunks(chunk)):
-            audio[..., done : done + piece.shape[-1]] = piece
-            done += piece.shape[-1]
-        return audio
+        return decode_streamed(self.decoder, latents, chunk, self.geometry)
 
+    @torch.inference_mode()
     def decode_to_audiofile(
         self,
         path: PathLike,
@@ -246,18 +234,11 @@ class DacModel(PreTrainedModel):
         if latents.batch != 1:
             raise ValueError(f"`decode_to_audiofile` writes one signal; got a batch of {latents.batch}: decode "
                              "each item.")
-        file = open_audio_file(path, self.sampling_rate)
-        try:
-            with file, torch.inference_mode():
-                if mode == "overlap_average":
-                    pieces = [self.decode(zq, s, chunk_size, mode)]
-                else:
-                    pieces = stream_decode(self.decoder, latents.chunks(chunk))
-                for piece in pieces:
-                    file.write(piece[0, 0].float().cpu().numpy())
-        except BaseException:
-            os.remove(path)
-            raise
+        if mode == "overlap_average":
+            pieces = (self.decode(zq, s, chunk_size, mode) for _ in range(1))  # lazily: the file is checked first
+        else:
+            pieces = stream_decode(self.decoder, latents.chunks(chunk))
+        write_audio_pieces(path, pieces, self.sampling_rate)
 
     def encode_stream(
         self,
@@ -281,7 +262,7 @@ class DacModel(PreTrainedModel):
         Yields:
             Codes (batch, n_quantizers, frames) for the frames determined so far and not yet yielded.
         """
-        blocks = self._blocks(blocks)
+        blocks = check_blocks(blocks)
         n_quantizers = self._n_quantizers(n_quantizers)
         chunk = self._chunk("chunk_size_in_sec", chunk_size_in_sec) * self.hop_length
         audio = prepare_blocks(blocks, check_sample_rate(sample_rate), self.sampling_rate)
@@ -289,9 +270,8 @@ class DacModel(PreTrainedModel):
 
     @torch.inference_mode()
     def _encode_stream(self, audio: Iterator[torch.Tensor], n_quantizers: int, chunk: int) -> Iterator[torch.Tensor]:
-        chunks = (c for block in audio for c in block.to(self.device, self.dtype).split(chunk or block.shape[-1], -1))
-        for _, codes in stream_encode(self.encoder, self.quantizer, chunks, n_quantizers, self.hop_length):
-            yield codes
+        audio = (block.to(self.device, self.dtype) for block in audio)
+        yield from encode_blocks(self.encoder, self.quantizer, audio, n_quantizers, chunk, self.hop_length)
 
     def decode_stream(self, blocks: Iterable[torch.Tensor], chunk_size: Optional[int] = None) -> Iterator[torch.Tensor]:
         """Decodes codes that arrive in blocks of frames, yielding audio as soon as it is determined.
@@ -307,22 +287,12 @@ class DacModel(PreTrainedModel):
         Yields:
             Audio (batch, 1, samples) for the frames determined so far and not yet yielded.
         """
-        return self._decode_stream(self._blocks(blocks), self._chunk("chunk_size", chunk_size))
+        return self._decode_stream(check_blocks(blocks), self._chunk("chunk_size", chunk_size))
 
     @torch.inference_mode()
     def _decode_stream(self, blocks: Iterator[torch.Tensor], chunk: int) -> Iterator[torch.Tensor]:
-        def latents():
-            shape = None
-            for index, block in enumerate(blocks):
-                codes = self._codes(block, f"block {index}", allow_empty=True)
-                if shape is not None and codes.shape[:2] != shape:
-                    raise ValueError(f"Block {index} has batch size and codebooks {tuple(codes.shape[:2])}, but the "
-                                     f"stream began with {tuple(shape)}; every block must have the same.")
-                shape = codes.shape[:2]
-                if codes.shape[-1]:
-                    yield from Latents(self.quantizer, None, codes).chunks(chunk)
-
-        yield from stream_decode(self.decoder, latents())
+        codes = (self._codes(block, f"block {i}", allow_empty=True) for i, block in enumerate(blocks))
+        yield from decode_blocks(self.decoder, self.quantizer, check_same_shape(codes, "codebooks"), chunk)
 
     def forward(
         self, input_values: torch.Tensor, n_quantizers: Optional[int] = None, return_dict: Optional[bool] = None
@@ -375,16 +345,6 @@ class DacModel(PreTrainedModel):
             raise ValueError(f"`mode` must be one of {DECODING_MODES}, got {mode!r}.")
         return mode
 
-    @staticmethod
-    def _blocks(blocks: object) -> Iterator:
-        if isinstance(blocks, (torch.Tensor, np.ndarray)):
-            raise TypeError("`blocks` must be an iterable of blocks, not one tensor or array (whose rows would be "
-                            "taken for blocks); to stream one signal, split it: `x.split(n, dim=-1)`.")
-        try:
-            return iter(blocks)
-        except TypeError:
-            raise TypeError(f"`blocks` must be an iterable of blocks, got {type(blocks).__name__}.") from None
-
     def _latents(self, zq: Optional[torch.Tensor], s: Optional[torch.Tensor]) -> Latents:
         if (zq is None) == (s is None):
             raise ValueError("Pass exactly one of `zq` (quantized latent) and `s` (codes).")
@@ -431,13 +391,7 @@ class DacModel(PreTrainedModel):
                              f"{audio.shape[0]}, got {lengths}.")
         items = [self.encode(audio[i : i + 1, :, :n], sample_rate, n_quantizers, chunk_size_in_sec)
                  for i, n in enumerate(lengths)]
-        n_frames = max(item.codes.shape[-1] for item in items)
-        z_q = items[0].z_q.new_zeros(len(items), items[0].z_q.shape[1], n_frames)
-        codes = items[0].codes.new_zeros(len(items), items[0].codes.shape[1], n_frames)
-        for i, item in enumerate(items):
-            z_q[i, :, : item.z_q.shape[-1]], codes[i, :, : item.codes.shape[-1]] = item.z_q[0], item.codes[0]
-        frame_lengths = torch.tensor([item.codes.shape[-1] for item in items], device=codes.device)
-        return DacEncoderOutput(z_q=z_q, codes=codes, frame_lengths=frame_lengths)
+        return DacEncoderOutput(*stack_padded(items))
 
     # ----------------------------------------------------------------------------------------------------------
     # The earlier model card's file helpers

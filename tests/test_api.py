@@ -12,7 +12,7 @@ import pytest
 import soundfile
 import soxr
 import torch
-from conftest import TINY, DacModel, tiny_config, tiny_model
+from conftest import TINY, DacModel, tiny_model
 
 N_CODEBOOKS, CODEBOOK_SIZE = TINY["n_codebooks"], TINY["codebook_size"]
 LATENT_DIM = TINY["encoder_dim"] * 2**4

@@ -8,7 +8,6 @@ streams sum in another order than the plain forward.
 """
 
 import bisect
-import hashlib
 import json
 import os
 import random
@@ -16,12 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile
-import soxr
 import torch
-from conftest import DacConfig, GEOMETRIES, tiny_model
+from conftest import DacConfig, GEOMETRIES
 from random_weights import random_model
 
 chunking = sys.modules["dac_codec.chunking"]

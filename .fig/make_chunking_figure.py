@@ -4,7 +4,7 @@
 
 The model is the full-size 44.1 kHz architecture (`DacConfig.from_preset("44khz")`) with *random weights*: no
 released weights are stored here. Its Snake frequencies, biases and weight-norm gains are perturbed as in
-tests/test_reference.py (the gains folded into the weights, as conversion folds them), so that activations and
+scripts/random_weights.py (the gains folded into the weights, as conversion folds them), so that activations and
 output have a realistic scale rather than the near-silence of a fresh initialisation. About 3 s of test audio (a
 chirp, a chord and noise) is encoded by the model, and its codes are decoded four ways:
 
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import dac_package  # noqa: E402
-from random_weights import perturb, sample_audio  # noqa: E402
+from random_weights import random_model, sample_audio  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parent / "chunking_error.png"
 PRESET = "44khz"
@@ -47,17 +47,11 @@ FLOOR = 1e-10  # where exact zeros are drawn on the log axis
 BLOCK = 64  # samples per plotted point (1.5 ms)
 
 
-def random_model(modeling, seed: int = 0):
-    """The full-size preset with random weights of a realistic scale (scripts/random_weights.py)."""
-    torch.manual_seed(seed)
-    return perturb(modeling.DacModel(modeling.DacConfig.from_preset(PRESET)))
-
-
 def main() -> None:
     start = time.perf_counter()
     modeling = dac_package.load()
     plan_overlap_chunks = sys.modules["dac_codec.chunking"].plan_overlap_chunks
-    model = random_model(modeling)
+    model = random_model(modeling.DacConfig.from_preset(PRESET))
     rate, hop = model.config.sampling_rate, model.hop_length
     _, codes = model.encode(sample_audio(rate, SECONDS), sample_rate=rate, chunk_size_in_sec=0)
     n_frames = codes.shape[-1]

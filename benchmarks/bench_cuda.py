@@ -3,7 +3,7 @@
     python benchmarks/bench_cuda.py --seconds 10 600 --json out.json
 
 Same weights: a full-size 44.1 kHz reference model with a fixed seed and perturbed alphas, biases and weight-norm
-gains (as in tests/test_reference.py), saved as a release checkpoint and converted to ours. Input: bench_speed's
+gains (`scripts/random_weights.py`), saved as a release checkpoint and converted to ours. Input: bench_speed's
 test signal. Decode input: our fp32 codes of that signal.
 
 Measured per length: ours in fp32 (torch's defaults: cuDNN convolutions in TF32), bf16 and fp16 (`model.to(dtype)`),
@@ -33,23 +33,19 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import convert_checkpoint  # noqa: E402
 from bench_speed import PRESET_INFO, make_audio, num_samples  # noqa: E402
-from random_weights import perturb  # noqa: E402
+from random_weights import random_model, reference_model  # noqa: E402
 
 PRESET = "44khz"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def reference_model():
+def reference_or_none():
     """The perturbed reference model, or None where the reference package is not installed."""
     try:
-        import dac
+        return reference_model(PRESET)
     except ImportError as error:
         print(f"reference package not importable ({error}); reference rows left out", file=sys.stderr)
         return None
-    torch.manual_seed(0)
-    kwargs = dict(convert_checkpoint.PRESETS[PRESET])
-    kwargs["sample_rate"] = kwargs.pop("sampling_rate")
-    return perturb(dac.model.DAC(**kwargs)).eval()
 
 
 def timed(run, device, repeats):
@@ -88,15 +84,13 @@ def main() -> None:
     device = torch.device(args.device)
     sample_rate = PRESET_INFO[PRESET]["sample_rate"]
 
-    reference = None if args.no_reference else reference_model()
+    reference = None if args.no_reference else reference_or_none()
     with tempfile.TemporaryDirectory() as temp:
         if reference is not None:
             reference.save(f"{temp}/weights.pth", package=False)
             ours = convert_checkpoint.model_from_original(f"{temp}/weights.pth")
         else:
-            modeling = __import__("dac_package").load()
-            torch.manual_seed(0)
-            ours = perturb(modeling.DacModel(modeling.DacConfig.from_preset(PRESET)))
+            ours = random_model(convert_checkpoint.DacConfig.from_preset(PRESET))
     ours = ours.to(device)
     reference = reference.to(device) if reference is not None else None
 

@@ -17,9 +17,9 @@ What is measured, per preset, length, operation and implementation:
   page-faulting fresh memory for every layer. Skipped (with a note) where no libjemalloc.so.2 is installed.
 - transformers: `DacModel.encode(x).audio_codes` / `DacModel.decode(audio_codes=codes).audio_values` under no_grad.
 
-Same weights: a full-size reference model with a fixed seed and perturbed alphas, biases and weight-norm gains (as in
-tests/test_reference.py) is saved as a release checkpoint, converted to our folder, and our state_dict is loaded
-strictly into transformers' DacModel. Before timing, the three must give identical codes on 1 s of audio (a warning
+Same weights: a full-size reference model with a fixed seed and perturbed alphas, biases and weight-norm gains
+(`scripts/random_weights.py`, as the tests have it) is saved as a release checkpoint, converted to our folder, and
+our state_dict is loaded strictly into transformers' DacModel. Before timing, the three must give identical codes on 1 s of audio (a warning
 is printed otherwise). Same input: a deterministic chirp + chord + noise, rounded up to whole code frames so that
 transformers (which does not pad) gets exactly the samples the others get. Decode input: the codes that OUR model
 gives for that same audio, computed once per preset and length before the timed runs and saved to a temp file.
@@ -99,21 +99,6 @@ def make_audio(sample_rate: int, length: int, seed: int = SEED):
     return audio
 
 
-def reference_model(preset: str, seed: int = SEED):
-    """A full-size reference `dac.model.DAC` with random weights, perturbed as tests/test_reference.py does."""
-    import dac
-    import torch
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import convert_checkpoint
-    from random_weights import perturb
-
-    torch.manual_seed(seed)
-    kwargs = dict(convert_checkpoint.PRESETS[preset])
-    kwargs["sample_rate"] = kwargs.pop("sampling_rate")
-    return perturb(dac.model.DAC(**kwargs))
-
-
 def transformers_model(ours):
     """transformers' DacModel with our model's weights (our parameter names are transformers' names)."""
     import transformers
@@ -142,11 +127,12 @@ def prepare(spec: dict) -> dict:
 
     sys.path.insert(0, str(ROOT / "scripts"))
     import convert_checkpoint
+    from random_weights import reference_model
 
     folder, preset = Path(spec["folder"]), spec["preset"]
     sample_rate = PRESET_INFO[preset]["sample_rate"]
     folder.mkdir(parents=True, exist_ok=True)
-    reference = reference_model(preset)
+    reference = reference_model(preset, SEED)
     reference.save(str(folder / "reference.pth"), package=False)
     ours = convert_checkpoint.model_from_original(str(folder / "reference.pth"))
     convert_checkpoint.write_model_folder(ours, folder / "ours")

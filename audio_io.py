@@ -63,6 +63,21 @@ def check_same_shape(blocks: Iterable[torch.Tensor], what: str) -> Iterator[torc
         yield block
 
 
+def check_lengths(lengths: object, audio: object) -> list[int]:
+    """The lengths of the items of a zero-padded batch `audio` (batch, channels, time): one int in [1, time] each."""
+    if not isinstance(audio, (np.ndarray, torch.Tensor)) or audio.ndim != 3:
+        raise ValueError("`lengths` needs a padded batch shaped (batch, channels, time) as a tensor or array.")
+    if isinstance(lengths, (torch.Tensor, np.ndarray)):
+        lengths = lengths.tolist()
+    if not isinstance(lengths, (list, tuple)) or any(isinstance(n, bool) or not isinstance(n, Integral)
+                                                     for n in lengths):
+        raise TypeError(f"`lengths` must be a list of ints (samples of each item), got {lengths!r}.")
+    if len(lengths) != audio.shape[0] or not all(1 <= n <= audio.shape[-1] for n in lengths):
+        raise ValueError(f"`lengths` must give one length in [1, {audio.shape[-1]}] per item of the batch of "
+                         f"{audio.shape[0]}, got {lengths}.")
+    return [int(n) for n in lengths]
+
+
 def check_output_path(path: object, name: str = "path") -> str:
     """The path of a file to write: its folder must exist, and it must not be a folder itself."""
     if not isinstance(path, (str, os.PathLike)):

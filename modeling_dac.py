@@ -22,8 +22,8 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .audio_io import (
-    AudioInput, PathLike, check_blocks, check_same_shape, check_sample_rate, check_tensor, load_audio, load_tensor,
-    prepare_audio, prepare_blocks, save_tensor, write_audio, write_audio_pieces,
+    AudioInput, PathLike, check_blocks, check_lengths, check_same_shape, check_sample_rate, check_tensor, load_audio,
+    load_tensor, prepare_audio, prepare_blocks, save_tensor, write_audio, write_audio_pieces,
 )
 from .chunking import (
     CodecGeometry, Latents, decode_blocks, decode_overlap_average, decode_streamed, decode_windows, encode_blocks,
@@ -226,9 +226,13 @@ class DacModel(PreTrainedModel):
         chunk_size: Optional[int] = None,
         mode: Optional[str] = None,
     ) -> None:
-        """Decodes straight into an audio file (format by extension). In exact mode it holds no more than a chunk
-        of audio, so an hour of codes decodes in the memory of a chunk; "overlap_average" decodes the whole signal
-        first. Same arguments and result as `decode`, for one signal (batch 1); a failed decode leaves no file."""
+        """Decodes straight into an audio file, for one signal (batch 1); a failed decode leaves no file.
+
+        Args:
+            path: The file to write, its format by extension (.wav, .flac, .ogg, ...); its folder must exist.
+            zq, s, chunk_size, mode: As for `decode`. In exact mode no more than a chunk of audio is held, so an
+                hour of codes decodes in the memory of a chunk; "overlap_average" decodes the whole signal first.
+        """
         latents, mode = self._latents(zq, s), self._mode(mode)
         chunk = self._chunk("chunk_size", chunk_size)
         if latents.batch != 1:
@@ -379,16 +383,7 @@ class DacModel(PreTrainedModel):
 
     def _encode_padded_batch(self, audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths) -> DacEncoderOutput:
         """Encodes each item of a padded batch on its own, so padding never leaks into an item's codes."""
-        if not isinstance(audio, (np.ndarray, torch.Tensor)) or audio.ndim != 3:
-            raise ValueError("`lengths` needs a padded batch shaped (batch, channels, time) as a tensor or array.")
-        if isinstance(lengths, (torch.Tensor, np.ndarray)):
-            lengths = lengths.tolist()
-        if not isinstance(lengths, (list, tuple)) or any(isinstance(n, bool) or not isinstance(n, Integral)
-                                                         for n in lengths):
-            raise TypeError(f"`lengths` must be a list of ints (samples of each item), got {lengths!r}.")
-        if len(lengths) != audio.shape[0] or not all(1 <= n <= audio.shape[-1] for n in lengths):
-            raise ValueError(f"`lengths` must give one length in [1, {audio.shape[-1]}] per item of the batch of "
-                             f"{audio.shape[0]}, got {lengths}.")
+        lengths = check_lengths(lengths, audio)
         items = [self.encode(audio[i : i + 1, :, :n], sample_rate, n_quantizers, chunk_size_in_sec)
                  for i, n in enumerate(lengths)]
         return DacEncoderOutput(*stack_padded(items))
@@ -396,8 +391,12 @@ class DacModel(PreTrainedModel):
     # ----------------------------------------------------------------------------------------------------------
     # The earlier model card's file helpers
     def waveform_to_audiofile(self, waveform: torch.Tensor, path: PathLike) -> None:
-        """Writes a (1, 1, samples), (1, samples) or (samples,) waveform to an audio file at the model's rate;
-        the format follows the extension (.wav, .flac, .ogg, ...)."""
+        """Writes one mono signal to an audio file at the model's rate.
+
+        Args:
+            waveform: (1, 1, samples), (1, samples) or (samples,), as `decode` returns for one signal.
+            path: The file to write, its format by extension (.wav, .flac, .ogg, ...); its folder must exist.
+        """
         write_audio(path, waveform, self.sampling_rate)
 
     save_tensor = staticmethod(save_tensor)

@@ -50,13 +50,13 @@ def random_split(tensor, n_pieces, rng, empty=False):
 # ----------------------------------------------------------------------------------------------------------------
 # Geometry
 @pytest.mark.parametrize("module_name", ["encoder", "decoder"])
-def test_receptive_field_matches_gradients(model, module_name):
+def test_receptive_field_matches_gradients(model, module_name, generator):
     """input_span, from the layers' geometry, is exactly the support of the gradient of one output."""
     module = getattr(model, module_name)
     layers = chunking.conv_geometry(module)
     channels = 1 if module_name == "encoder" else model.config.latent_dim
     n_in = 60 * model.hop_length if module_name == "encoder" else 60
-    x = torch.randn(1, channels, n_in, requires_grad=True)
+    x = torch.randn(1, channels, n_in, generator=generator).requires_grad_()
     y = module(x)
     index = y.shape[-1] // 2
     y[0, :, index].sum().backward()

@@ -155,14 +155,24 @@ def to_mono(audio: torch.Tensor) -> torch.Tensor:
 
 def resample(audio: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
     """(batch, 1, time) at `sample_rate` -> (batch, 1, time') at `target_rate`, with soxr (HQ), float64 inside."""
-    signal = audio[:, 0].T.double().cpu().numpy()  # (B, 1, T) -> (T, B): soxr takes channels last
-    resampled = soxr.resample(signal, sample_rate, target_rate, quality="HQ")
-    if resampled.shape[0] == 0:
+    resampled = _resample_chunk(_resampler(sample_rate, target_rate, audio.shape[0]), audio, last=True)
+    if resampled.shape[-1] == 0:
         raise ValueError(
-            f"Audio of {signal.shape[0]} samples at {sample_rate} Hz is too short to resample to "
+            f"Audio of {audio.shape[-1]} samples at {sample_rate} Hz is too short to resample to "
             f"{target_rate} Hz; it needs at least one output sample."
         )
-    return torch.from_numpy(np.ascontiguousarray(resampled.T)).to(audio)[:, None]  # (T, B) -> (B, 1, T)
+    return resampled
+
+
+def _resampler(sample_rate: int, target_rate: int, channels: int) -> "soxr.ResampleStream":
+    """soxr's stream resampler: the same samples as resampling the whole signal at once, for any split."""
+    return soxr.ResampleStream(sample_rate, target_rate, channels, dtype="float64", quality="HQ")
+
+
+def _resample_chunk(resampler: "soxr.ResampleStream", block: torch.Tensor, last: bool) -> torch.Tensor:
+    signal = block[:, 0].T.double().cpu().numpy()  # (B, 1, t) -> (t, B): soxr takes channels last
+    resampled = resampler.resample_chunk(np.ascontiguousarray(signal), last=last)
+    return torch.from_numpy(np.ascontiguousarray(resampled.T)).to(block)[:, None]  # (t, B) -> (B, 1, t)
 
 
 def prepare_audio(audio: AudioInput, sample_rate: Optional[int], target_rate: int) -> torch.Tensor:
@@ -205,7 +215,7 @@ def prepare_blocks(blocks: Iterable[object], sample_rate: int, target_rate: int)
                 raise ValueError(f"Block 0 shaped {tuple(block.shape)} has no batch items or no channels.")
             if sample_rate != target_rate:
                 batch = block.shape[0]
-                resampler = soxr.ResampleStream(sample_rate, target_rate, batch, dtype="float64", quality="HQ")
+                resampler = _resampler(sample_rate, target_rate, batch)
         if block.shape[-1] == 0:
             continue
         _check_samples(block, f"block {index}")
@@ -218,12 +228,6 @@ def prepare_blocks(blocks: Iterable[object], sample_rate: int, target_rate: int)
         end = _resample_chunk(resampler, torch.zeros(batch, 1, 0), last=True)
         if end.shape[-1]:
             yield end
-
-
-def _resample_chunk(resampler: "soxr.ResampleStream", block: torch.Tensor, last: bool) -> torch.Tensor:
-    signal = block[:, 0].T.double().cpu().numpy()  # (B, 1, t) -> (t, B), as `resample`
-    resampled = resampler.resample_chunk(np.ascontiguousarray(signal), last=last)
-    return torch.from_numpy(np.ascontiguousarray(resampled.T)).to(block)[:, None]  # (t, B) -> (B, 1, t)
 
 
 # ----------------------------------------------------------------------------------------------------------------

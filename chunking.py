@@ -210,7 +210,9 @@ class Latents:
         codes: (batch, n, frames) int64 with n <= n_codebooks, or None; exactly one of the two is given.
     """
 
-    def __init__(self, quantizer: nn.Module, z_q: Optional[torch.Tensor], codes: Optional[torch.Tensor]):
+    def __init__(
+        self, quantizer: nn.Module, z_q: Optional[torch.Tensor] = None, codes: Optional[torch.Tensor] = None
+    ):
         self.quantizer, self.z_q, self.codes = quantizer, z_q, codes
         given = z_q if z_q is not None else codes
         self.batch, self.frames = given.shape[0], given.shape[-1]
@@ -335,7 +337,7 @@ def decode_blocks(
 ) -> Iterator[torch.Tensor]:
     """`decode_stream`: audio (batch, 1, t) as soon as blocks of codes (batch, n, frames) determine it, each block
     cut into chunks of at most `chunk` frames (0: whole blocks)."""
-    latents = (z for block in blocks if block.shape[-1] for z in Latents(quantizer, None, block).chunks(chunk))
+    latents = (z for block in blocks if block.shape[-1] for z in Latents(quantizer, codes=block).chunks(chunk))
     yield from stream_decode(decoder, latents)
 
 

@@ -353,7 +353,7 @@ class DacModel(PreTrainedModel):
         if (zq is None) == (s is None):
             raise ValueError("Pass exactly one of `zq` (quantized latent) and `s` (codes).")
         if s is not None:
-            return Latents(self.quantizer, None, self._codes(s, "s"))
+            return Latents(self.quantizer, codes=self._codes(s, "s"))
         z_q = check_tensor(zq, "zq")
         if not z_q.is_floating_point():
             raise TypeError(f"`zq` must be a floating point tensor, got {z_q.dtype}.")
@@ -363,7 +363,7 @@ class DacModel(PreTrainedModel):
                              f"got {tuple(zq.shape)}.")
         if not torch.isfinite(z_q).all():
             raise ValueError("`zq` contains NaN or Inf.")
-        return Latents(self.quantizer, z_q.to(self.device, self.dtype), None)
+        return Latents(self.quantizer, z_q=z_q.to(self.device, self.dtype))
 
     def _codes(self, codes: torch.Tensor, name: str, allow_empty: bool = False) -> torch.Tensor:
         codes = check_tensor(codes, name)

@@ -150,11 +150,11 @@ def test_batched_windows_equal_whole(model, small_batches):
             z_q_w, codes_w = chunking.encode_windows(model.encoder, model.quantizer, audio, 4, chunk, geometry)
             assert torch.equal(codes_w, codes), (n, chunk)
             assert (z_q_w - z_q).abs().max() <= AUDIO_TOLERANCE * z_q.abs().max()
-            decoded_w = chunking.decode_windows(model.decoder, chunking.Latents(None, z_q, None), chunk, geometry)
+            decoded_w = chunking.decode_windows(model.decoder, chunking.Latents(None, z_q=z_q), chunk, geometry)
             assert decoded_w.shape == decoded.shape
             assert (decoded_w - decoded).abs().max() <= AUDIO_TOLERANCE, (n, chunk)
         from_codes = model.decode(s=codes, chunk_size=0)
-        latents = chunking.Latents(model.quantizer, None, codes)
+        latents = chunking.Latents(model.quantizer, codes=codes)
         assert (chunking.decode_windows(model.decoder, latents, 3, geometry) - from_codes).abs().max() <= 1e-5
 
 

@@ -19,8 +19,8 @@ What is measured, per preset, length, operation and implementation:
 
 Same weights: a full-size reference model with a fixed seed and perturbed alphas, biases and weight-norm gains
 (`scripts/random_weights.py`, as the tests have it) is saved as a release checkpoint, converted to our folder, and
-our state_dict is loaded strictly into transformers' DacModel. Before timing, the three must give identical codes on 1 s of audio (a warning
-is printed otherwise). Same input: a deterministic chirp + chord + noise, rounded up to whole code frames so that
+our state_dict is loaded strictly into transformers' DacModel. Before timing, the three must give identical codes on
+1 s of audio (a warning is printed otherwise). Same input: a deterministic chirp + chord + noise, rounded up to whole code frames so that
 transformers (which does not pad) gets exactly the samples the others get. Decode input: the codes that OUR model
 gives for that same audio, computed once per preset and length before the timed runs and saved to a temp file.
 

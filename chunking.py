@@ -247,7 +247,7 @@ def stream_encode(
         if pending and (final or sum(z.shape[-1] for z in pending) >= min_frames):
             z = torch.cat(pending, dim=-1) if len(pending) > 1 else pending[0]
             pending.clear()
-            yield quantizer(z, n_quantizers)
+            yield quantizer(z, n_quantizers)[:2]  # (z_q, codes)
 
     chunk = None
     for chunk in chunks:
@@ -360,7 +360,7 @@ def encode_windows(
         z = y.new_empty(batch, y.shape[2], n_frames) if z is None else z
         for (start, keep, stop), y_k in zip(windows, y):
             z[..., keep:stop] = y_k[..., keep - start : stop - start]
-    z_q, codes = zip(*(quantizer(piece, n_quantizers) for piece in z.split(64 * QUANTIZE_FRAMES, -1)))
+    z_q, codes = zip(*(quantizer(piece, n_quantizers)[:2] for piece in z.split(64 * QUANTIZE_FRAMES, -1)))
     return torch.cat(z_q, -1), torch.cat(codes, -1)
 
 

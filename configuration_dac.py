@@ -51,6 +51,15 @@ def check_chunk_size(name: str, value: Any, unit: str) -> float:
     return value
 
 
+def check_number(name: str, value: Any, low: float, high: float, allowed: str, include_high: bool = False) -> float:
+    """A real number in [low, high) (or [low, high] with `include_high`); bools are a TypeError."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"`{name}` must be a number in {allowed}, got {value!r}.")
+    if not (low <= value < high or (include_high and value == high)):
+        raise ValueError(f"`{name}` must be in {allowed}, got {value!r}.")
+    return value
+
+
 def _int_list(name: str, value: Any) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(f"`{name}` must be a list of positive ints, got {value!r}.")
@@ -84,6 +93,11 @@ class DacConfig(PretrainedConfig):
         decoding_mode: "exact" (the result equals whole-signal decoding) or "overlap_average" (the earlier model
             card's chunks averaged over an overlap; approximate).
         decoding_overlap_rate: Overlap between chunks as a fraction of the chunk, for "overlap_average" only.
+        quantizer_dropout: In training, the share of each batch whose items use a random number of codebooks
+            (the reference's quantizer dropout; it trained the released models with 0.5). 0 by default, as the
+            reference's model constructor has it.
+        commitment_loss_weight, codebook_loss_weight: The weights of the two vector-quantization losses in
+            `DacOutput.loss` (the reference's training recipe and transformers' `DacModel`: 0.25 and 1).
 
     Raises:
         TypeError: A value of the wrong type (a float or bool for an int, a string for a list).
@@ -107,6 +121,9 @@ class DacConfig(PretrainedConfig):
         decoding_chunk_size: Optional[int] = 64,
         decoding_mode: str = "exact",
         decoding_overlap_rate: float = 0.1,
+        quantizer_dropout: float = 0.0,
+        commitment_loss_weight: float = 0.25,
+        codebook_loss_weight: float = 1.0,
         **kwargs: Any,
     ):
         # Architecture values left out come from the 44.1 kHz release, or from the preset that config.json files
@@ -132,6 +149,9 @@ class DacConfig(PretrainedConfig):
         self.decoding_chunk_size = decoding_chunk_size
         self.decoding_mode = decoding_mode
         self.decoding_overlap_rate = decoding_overlap_rate
+        self.quantizer_dropout = quantizer_dropout
+        self.commitment_loss_weight = commitment_loss_weight
+        self.codebook_loss_weight = codebook_loss_weight
         super().__init__(**kwargs)
         self._validate()
 
@@ -150,11 +170,10 @@ class DacConfig(PretrainedConfig):
         check_chunk_size("decoding_chunk_size", self.decoding_chunk_size, "frames")
         if self.decoding_mode not in DECODING_MODES:
             raise ValueError(f"`decoding_mode` must be one of {DECODING_MODES}, got {self.decoding_mode!r}.")
-        rate = self.decoding_overlap_rate
-        if isinstance(rate, bool) or not isinstance(rate, Real):
-            raise TypeError(f"`decoding_overlap_rate` must be a number in [0, 1), got {rate!r}.")
-        if not 0 <= rate < 1:
-            raise ValueError(f"`decoding_overlap_rate` must be in [0, 1), got {rate!r}.")
+        check_number("decoding_overlap_rate", self.decoding_overlap_rate, 0, 1, "[0, 1)")
+        check_number("quantizer_dropout", self.quantizer_dropout, 0, 1, "[0, 1]", include_high=True)
+        check_number("commitment_loss_weight", self.commitment_loss_weight, 0, math.inf, ">= 0")
+        check_number("codebook_loss_weight", self.codebook_loss_weight, 0, math.inf, ">= 0")
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> "DacConfig":

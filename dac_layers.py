@@ -15,7 +15,7 @@ reference's `nn.Sequential` names are mapped by `scripts/convert_checkpoint.py`.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -192,13 +192,27 @@ class VectorQuantize(nn.Module):
         self.out_proj = nn.Conv1d(codebook_dim, input_dim, kernel_size=1)
         self.codebook = nn.Embedding(codebook_size, codebook_dim)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Quantizes z (batch, input_dim, frames); returns z_q (batch, input_dim, frames), codes (batch, frames)."""
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quantizes z (batch, input_dim, frames).
+
+        Returns:
+            z_q: (batch, input_dim, frames), the projected codebook entries. The straight-through estimator passes
+                its gradient to z_e unchanged, as in the reference.
+            codes: (batch, frames) int64.
+            z_e: (batch, codebook_dim, frames), the projected latent before quantization.
+        """
         z_e = self.in_proj(z)
         codes = self.nearest(z_e)
         z_p = self.decode_code(codes)
-        # The reference's straight-through estimator, z_e + (z_p - z_e), kept for bit-identical values.
-        return self.out_proj(z_e + (z_p - z_e)), codes
+        return self.out_proj(z_e + (z_p - z_e).detach()), codes, z_e
+
+    def losses(self, z_e: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(commitment, codebook) losses per item (batch,): the mean squared distance between z_e and its codebook
+        entries, which trains the encoder towards the entries and the entries towards the encoder respectively."""
+        z_p = self.decode_code(codes)
+        commitment = F.mse_loss(z_e, z_p.detach(), reduction="none").mean([1, 2])
+        codebook = F.mse_loss(z_p, z_e.detach(), reduction="none").mean([1, 2])
+        return commitment, codebook
 
     def nearest(self, z_e: torch.Tensor) -> torch.Tensor:
         """Index of the nearest codebook entry for each frame of z_e (batch, codebook_dim, frames)."""
@@ -217,29 +231,67 @@ class VectorQuantize(nn.Module):
         return F.embedding(codes, self.codebook.weight).transpose(1, 2)
 
 
-class ResidualVectorQuantize(nn.Module):
-    """Residual VQ (Zeghidour et al., 2021): each codebook quantizes what the previous ones left over."""
+class Quantized(NamedTuple):
+    """What `ResidualVectorQuantize` returns; its first two fields unpack as `z_q, codes`."""
 
-    def __init__(self, input_dim: int, n_codebooks: int, codebook_size: int, codebook_dim: int):
+    z_q: torch.Tensor  # (batch, input_dim, frames): the sum of the codebooks' contributions
+    codes: torch.Tensor  # (batch, n_quantizers, frames) int64
+    latents: Optional[torch.Tensor] = None  # (batch, n_quantizers * codebook_dim, frames): each z_e
+    commitment_loss: Optional[torch.Tensor] = None  # scalar: over codebooks, the batch mean of each one's loss
+    codebook_loss: Optional[torch.Tensor] = None  # scalar, likewise
+
+
+class ResidualVectorQuantize(nn.Module):
+    """Residual VQ (Zeghidour et al., 2021): each codebook quantizes what the previous ones left over.
+
+    Quantizer dropout (training only): the first int(batch * dropout) items of a batch use a random number of
+    codebooks, 1 to n_codebooks, so that the model learns every bitrate; the draw is the reference's, from torch's
+    global generator.
+    """
+
+    def __init__(self, input_dim: int, n_codebooks: int, codebook_size: int, codebook_dim: int,
+                 dropout: float = 0.0):
         super().__init__()
         self.quantizers = nn.ModuleList(
             VectorQuantize(input_dim, codebook_size, codebook_dim) for _ in range(n_codebooks)
         )
+        self.dropout = dropout
 
-    def forward(self, z: torch.Tensor, n_quantizers: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor, n_quantizers: Optional[int] = None) -> Quantized:
         """Quantizes z (batch, input_dim, frames) with the first `n_quantizers` codebooks (all by default).
 
-        Returns:
-            z_q: (batch, input_dim, frames), the sum of the codebooks' contributions.
-            codes: (batch, n_quantizers, frames), int64.
+        In training mode every item also uses at most its dropout draw of codebooks (codebooks past it add nothing
+        to z_q and count for no loss), and codes and latents cover all `n_quantizers`. Under `torch.inference_mode`
+        only z_q and codes are computed.
         """
-        z_q, residual, codes = 0, z, []
-        for quantizer in self.quantizers[:n_quantizers]:
-            z_q_i, codes_i = quantizer(residual)
-            z_q = z_q + z_q_i
+        quantizers = self.quantizers[:n_quantizers]
+        if torch.is_inference_mode_enabled():
+            z_q, residual, codes = 0, z, []
+            for quantizer in quantizers:
+                z_q_i, codes_i, _ = quantizer(residual)
+                z_q = z_q + z_q_i
+                residual = residual - z_q_i
+                codes.append(codes_i)
+            return Quantized(z_q, torch.stack(codes, dim=1))
+
+        used = torch.full((z.shape[0],), float(len(quantizers)))  # codebooks each item uses
+        if self.training:  # the reference's draw, made whatever the dropout rate, so random streams stay aligned
+            drawn = torch.randint(1, len(self.quantizers) + 1, (z.shape[0],))
+            n_dropout = int(z.shape[0] * self.dropout)
+            used[:n_dropout] = torch.minimum(drawn[:n_dropout].float(), used[:n_dropout])
+        used = used.to(z.device)
+        z_q, residual, codes, latents, commitment_loss, codebook_loss = 0, z, [], [], 0, 0
+        for i, quantizer in enumerate(quantizers):
+            z_q_i, codes_i, z_e_i = quantizer(residual)
+            mask = (i < used).to(z_q_i.dtype)
+            z_q = z_q + z_q_i * mask[:, None, None]
             residual = residual - z_q_i
+            commitment_i, codebook_i = quantizer.losses(z_e_i, codes_i)
+            commitment_loss = commitment_loss + (commitment_i * mask).mean()
+            codebook_loss = codebook_loss + (codebook_i * mask).mean()
             codes.append(codes_i)
-        return z_q, torch.stack(codes, dim=1)
+            latents.append(z_e_i)
+        return Quantized(z_q, torch.stack(codes, dim=1), torch.cat(latents, dim=1), commitment_loss, codebook_loss)
 
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """z_q (batch, input_dim, frames) of codes (batch, n, frames), n <= n_codebooks."""

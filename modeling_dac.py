@@ -58,18 +58,28 @@ class DacEncoderOutput(_UnpacksAsTuple, ModelOutput):
 
 @dataclass
 class DacOutput(_UnpacksAsTuple, ModelOutput):
-    """Output of `DacModel.forward` (encode then decode).
+    """Output of `DacModel.forward` (encode then decode), the reference's training outputs.
 
     Args:
         audio: (batch, 1, samples) reconstruction, cropped to the input's length (up to 8 samples short at 16 and
             24 kHz, as in the reference; see `forward`).
         codes: (batch, n_quantizers, frames) codebook indices.
         z_q: (batch, latent_dim, frames) quantized latent.
+        latents: (batch, n_quantizers * codebook_dim, frames) each codebook's projected latent z_e, before lookup.
+        commitment_loss: Scalar, summed over codebooks: the batch mean of each one's mean squared distance from z_e
+            to its codebook entries, with the gradient to the encoder.
+        codebook_loss: Scalar, the same distance with the gradient to the codebooks.
+        loss: `config.commitment_loss_weight * commitment_loss + config.codebook_loss_weight * codebook_loss`, as
+            transformers' `DacModel` defines it; the reconstruction and adversarial losses are the trainer's.
     """
 
     audio: Optional[torch.Tensor] = None
     codes: Optional[torch.Tensor] = None
     z_q: Optional[torch.Tensor] = None
+    latents: Optional[torch.Tensor] = None
+    commitment_loss: Optional[torch.Tensor] = None
+    codebook_loss: Optional[torch.Tensor] = None
+    loss: Optional[torch.Tensor] = None
 
 
 class DacModel(PreTrainedModel):
@@ -88,7 +98,7 @@ class DacModel(PreTrainedModel):
         super().__init__(config)
         self.encoder = Encoder(config.encoder_dim, config.encoder_rates, config.latent_dim)
         self.quantizer = ResidualVectorQuantize(
-            config.latent_dim, config.n_codebooks, config.codebook_size, config.codebook_dim
+            config.latent_dim, config.n_codebooks, config.codebook_size, config.codebook_dim, config.quantizer_dropout
         )
         self.decoder = Decoder(config.latent_dim, config.decoder_dim, config.decoder_rates)
         self.geometry = CodecGeometry.of(self.encoder, self.decoder, config.hop_length)
@@ -301,12 +311,14 @@ class DacModel(PreTrainedModel):
     def forward(
         self, input_values: torch.Tensor, n_quantizers: Optional[int] = None, return_dict: Optional[bool] = None
     ) -> Union[DacOutput, tuple]:
-        """Encode-decode round trip of model-rate audio, whole-signal, as the reference's `forward`.
+        """Encode-decode round trip of model-rate audio, whole-signal, as the reference's `forward`; in training
+        mode with its quantizer dropout, losses and gradients.
 
         Args:
             input_values: (batch, 1, samples) float audio at `config.sampling_rate`.
-            n_quantizers: Codebooks to use; all by default.
-            return_dict: False for a tuple (audio, codes, z_q).
+            n_quantizers: Codebooks to use; all by default. The reference ignores it in training mode; here it
+                holds in both modes (training at a fixed bitrate then works), with dropout drawing below it.
+            return_dict: False for a tuple (audio, codes, z_q, latents, commitment_loss, codebook_loss, loss).
 
         Returns:
             `DacOutput`. The reconstruction is cropped to the input's length; like the reference, the 16 and 24 kHz
@@ -319,8 +331,11 @@ class DacModel(PreTrainedModel):
             )
         length, n_quantizers = x.shape[-1], self._n_quantizers(n_quantizers)
         x = nn.functional.pad(x, (0, self.num_frames(length) * self.hop_length - length))
-        z_q, codes = self.quantizer(self.encoder(x), n_quantizers)
-        output = DacOutput(audio=self.decoder(z_q)[..., :length], codes=codes, z_q=z_q)
+        q = self.quantizer(self.encoder(x), n_quantizers)
+        weights = self.config.commitment_loss_weight, self.config.codebook_loss_weight
+        loss = None if q.commitment_loss is None else weights[0] * q.commitment_loss + weights[1] * q.codebook_loss
+        output = DacOutput(audio=self.decoder(q.z_q)[..., :length], codes=q.codes, z_q=q.z_q, latents=q.latents,
+                           commitment_loss=q.commitment_loss, codebook_loss=q.codebook_loss, loss=loss)
         return output if return_dict is not False else output.to_tuple()
 
     # ----------------------------------------------------------------------------------------------------------

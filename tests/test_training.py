@@ -15,6 +15,7 @@ from random_weights import perturb
 
 dac = pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
 import convert_checkpoint  # noqa: E402
+import dac_training  # noqa: E402
 
 GAIN = 1.2  # the reference's weight-normed tiny model: audio ~0.2 RMS, unsaturated, so every gradient flows
 WEIGHT_NORM = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
@@ -112,3 +113,83 @@ def test_inference_outputs_carry_no_losses(model16, generator):
     with torch.inference_mode():
         out = model16(0.5 * torch.randn(1, 1, 1000, generator=generator))
     assert out.loss is None and out.codes is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training objective: discriminator and losses
+def reference_discriminator_and_ours(generator):
+    """The reference's discriminator (base.yml's parts, plus an MSD at rate 1) and ours with its weights."""
+    from dac.model.discriminator import Discriminator as ReferenceDiscriminator
+
+    torch.manual_seed(5)
+    reference = ReferenceDiscriminator(rates=[1], sample_rate=16000)
+    with torch.no_grad():  # non-trivial gains and biases
+        for name, parameter in reference.named_parameters():
+            if name.endswith("weight_g"):
+                parameter.mul_(torch.empty_like(parameter).uniform_(0.5, 1.5, generator=generator))
+            elif name.endswith("bias"):
+                parameter.normal_(0, 0.05, generator=generator)
+    ours = dac_training.Discriminator(rates=[1], sample_rate=16000)
+    names = {name: our_name_weight_norm(name) for name, _ in reference.named_parameters()}
+    assert sorted(names.values()) == sorted(name for name, _ in ours.named_parameters())
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            ours.get_parameter(names[name]).copy_(parameter)
+    return reference, ours
+
+
+def our_name_weight_norm(name):
+    for theirs, ours in WEIGHT_NORM.items():
+        if name.endswith(theirs):
+            return name[: -len(theirs)] + ours
+    return name
+
+
+def test_discriminator_and_adversarial_losses_equal_the_reference(generator):
+    from audiotools import AudioSignal
+    from dac.nn.loss import GANLoss
+
+    reference, ours = reference_discriminator_and_ours(generator)
+    real = 0.3 * torch.randn(2, 1, 4000, generator=generator)
+    fake = (0.3 * torch.randn(2, 1, 4000, generator=generator)).requires_grad_()
+    expected, got = reference(fake), ours(fake)
+    assert len(expected) == len(got) == 5 + 1 + 3  # periods, MSD, MRD
+    for maps_expected, maps_got in zip(expected, got):
+        assert len(maps_expected) == len(maps_got)
+        for e, g in zip(maps_expected, maps_got):
+            close(g, e, "feature map")
+
+    gan = GANLoss(reference)
+    fake_signal, real_signal = AudioSignal(fake, 16000), AudioSignal(real, 16000)
+    close(dac_training.discriminator_loss(ours(fake.detach()), ours(real)),
+          gan.discriminator_loss(fake_signal, real_signal), "discriminator loss")
+    gen, feat = dac_training.generator_losses(ours(fake), ours(real))
+    gen_expected, feat_expected = gan.generator_loss(fake_signal, real_signal)
+    close(gen, gen_expected, "generator loss")
+    close(feat, feat_expected, "feature loss")
+    grad, = torch.autograd.grad(gen + feat, fake)
+    grad_expected, = torch.autograd.grad(gen_expected + feat_expected, fake)
+    assert grad.abs().sum() > 0
+    close(grad, grad_expected, "gradient to the generator's audio")
+
+
+@pytest.mark.parametrize("length", [4000, 4096])  # 4096: a multiple of every hop, where padding differs
+def test_reconstruction_losses_equal_the_reference(generator, length):
+    from audiotools import AudioSignal
+    from dac.nn.loss import L1Loss, MelSpectrogramLoss, MultiScaleSTFTLoss
+
+    real = 0.3 * torch.randn(2, 1, length, generator=generator)
+    fake = real + 0.05 * torch.randn(2, 1, length, generator=generator)
+    signals = AudioSignal(fake.clone(), 44100), AudioSignal(real.clone(), 44100)
+    base_yml = dict(n_mels=[5, 10, 20, 40, 80, 160, 320], window_lengths=[32, 64, 128, 256, 512, 1024, 2048],
+                    mel_fmin=[0.0] * 7, mel_fmax=[None] * 7, pow=1.0, clamp_eps=1e-5, mag_weight=0.0)
+    close(dac_training.MelSpectrogramLoss(44100)(fake, real), MelSpectrogramLoss(**base_yml)(*signals), "mel")
+    close(dac_training.MultiScaleSTFTLoss()(fake, real), MultiScaleSTFTLoss()(*signals), "stft")
+    close(torch.nn.functional.l1_loss(fake, real), L1Loss()(*signals), "waveform")
+
+
+def test_objective_weighs_the_losses_as_base_yml():
+    one = torch.tensor(1.0)
+    assert dac_training.objective(mel=one, gen=one, feat=one, commitment=one, codebook=one) == 15 + 1 + 2 + 0.25 + 1
+    with pytest.raises(ValueError, match="No weight for"):
+        dac_training.objective(stft=one)

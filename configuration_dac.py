@@ -94,7 +94,7 @@ class DacConfig(PretrainedConfig):
             card's chunks averaged over an overlap; approximate).
         decoding_overlap_rate: Overlap between chunks as a fraction of the chunk, for "overlap_average" only.
         quantizer_dropout: In training, the share of each batch whose items use a random number of codebooks
-            (the reference's quantizer dropout; it trained the released models with 0.5). 0 by default, as the
+            (the reference's quantizer dropout; its base training configuration uses 1.0). 0 by default, as the
             reference's model constructor has it.
         commitment_loss_weight, codebook_loss_weight: The weights of the two vector-quantization losses in
             `DacOutput.loss` (the reference's training recipe and transformers' `DacModel`: 0.25 and 1).

@@ -190,11 +190,21 @@ def write_model_folder(model: DacModel, output_dir: str | os.PathLike, readme: O
 
 
 def load_model(checkpoint: str, sampling_rate: Optional[int] = None) -> DacModel:
-    """Our model from an original .pth, or a transformers DacModel folder or Hub id."""
+    """Our model from an original .pth, a transformers DacModel folder or Hub id, or a folder or Hub id of ours."""
     if checkpoint.endswith((".pth", ".pt", ".ckpt")) or Path(checkpoint).is_file():
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"No checkpoint file at {checkpoint!r}.")
         return model_from_original(checkpoint, sampling_rate)
+    config_file = Path(checkpoint) / "config.json"
+    if not config_file.is_file() and not Path(checkpoint).is_dir():
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_file = Path(hf_hub_download(checkpoint, "config.json"))
+        except Exception as error:  # offline, no such repo, no access: say which
+            raise ValueError(f"Could not fetch {checkpoint!r} from the Hugging Face Hub: {error}") from error
+    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == DacConfig.model_type:
+        return DacModel.from_pretrained(checkpoint)
     return model_from_transformers(checkpoint)
 
 

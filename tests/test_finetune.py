@@ -1,0 +1,82 @@
+"""scripts/finetune.py on a tiny model and a folder of short files, on CPU: the loss goes down on a fixed batch, an
+interrupted run resumes to the weights of an uninterrupted one, unreadable files are reported and left out, and the
+saved folder loads through the remote-code path and encodes."""
+
+import os
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from conftest import tiny_model
+
+pytest.importorskip("tqdm", reason="the fine-tuning script's progress bar: requirements-train.txt")
+import convert_checkpoint  # noqa: E402
+import finetune  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny model folder, and a data folder: two readable files at other rates and channel counts, one corrupt."""
+    root = tmp_path_factory.mktemp("finetune")
+    convert_checkpoint.write_model_folder(tiny_model(), root / "model")
+    rng = np.random.default_rng(0)
+    (root / "data" / "sub").mkdir(parents=True)
+    t = np.arange(22050) / 22050
+    soundfile.write(root / "data" / "tone.wav", 0.3 * np.sin(2 * np.pi * 440 * t), 22050)
+    soundfile.write(root / "data" / "sub" / "noise.flac", 0.1 * rng.standard_normal((8000, 2)), 8000)
+    (root / "data" / "broken.wav").write_bytes(rng.bytes(1000))
+    return root
+
+
+def run(files, output, steps, *extra):
+    finetune.main(["--model", str(files / "model"), "--data", str(files / "data"), "--output", str(output),
+                   "--steps", str(steps), "--batch-size", "2", "--duration", "0.2", "--save-every", "2", *extra])
+
+
+def test_loss_goes_down_on_a_fixed_batch(generator):
+    trainer = finetune.Trainer(tiny_model(), lr=1e-3)
+    batch = 0.3 * torch.randn(2, 1, 3000, generator=generator)
+    losses = [trainer.train_step(batch) for _ in range(6)]
+    assert losses[-1]["loss"] < 0.7 * losses[0]["loss"]
+    assert losses[-1]["mel"] < losses[0]["mel"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(files, tmp_path, capsys):
+    run(files, tmp_path / "whole", 4)
+    assert "broken.wav" in capsys.readouterr().err  # reported, and the run went on without it
+    run(files, tmp_path / "parts", 2)
+    assert (tmp_path / "parts" / "checkpoint.pt").is_file() and not (tmp_path / "parts" / "checkpoint.pt.tmp").exists()
+    run(files, tmp_path / "parts", 4)
+    assert "resumed from" in capsys.readouterr().err
+    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    parts = load_file(tmp_path / "parts" / "model" / "model.safetensors")
+    original = load_file(files / "model" / "model.safetensors")
+    assert whole.keys() == parts.keys() == original.keys()  # weight norm folded: the model's own keys
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    assert any(not torch.equal(whole[k], original[k]) for k in whole)  # it trained
+
+    from transformers import AutoModel
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        model = AutoModel.from_pretrained(tmp_path / "whole" / "model", trust_remote_code=True)
+    finally:
+        os.environ.pop("HF_HUB_OFFLINE")
+    assert not model.training
+    assert model.encode(torch.zeros(16000), sample_rate=16000).codes.shape == (1, 4, 50)
+
+
+def test_a_checkpoint_of_another_model_is_refused(files, tmp_path):
+    run(files, tmp_path, 2)
+    other = tmp_path / "other"
+    convert_checkpoint.write_model_folder(tiny_model("44khz"), other)
+    with pytest.raises(ValueError, match="another model"):
+        finetune.main(["--model", str(other), "--data", str(files / "data"), "--output", str(tmp_path),
+                       "--steps", "3", "--batch-size", "1", "--duration", "0.2"])
+
+
+def test_a_folder_without_audio_is_a_clear_error(files, tmp_path):
+    with pytest.raises(SystemExit, match="No readable audio file"):
+        finetune.main(["--model", str(files / "model"), "--data", str(tmp_path), "--output", str(tmp_path / "o")])

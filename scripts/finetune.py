@@ -140,10 +140,8 @@ class Trainer:
                 "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        ours = {k: v for k, v in self.generator.config.to_dict().items() if k not in ("_name_or_path",)}
-        theirs = {k: v for k, v in state["config"].items() if k not in ("_name_or_path",)}
-        if {k: ours.get(k) for k in convert_checkpoint.ARCHITECTURE_KEYS} != {
-                k: theirs.get(k) for k in convert_checkpoint.ARCHITECTURE_KEYS}:
+        saved = convert_checkpoint.DacConfig.from_dict(state["config"])
+        if saved.architecture() != self.generator.config.architecture():
             raise ValueError("The checkpoint in --output was made with another model; give another --output.")
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])

@@ -34,7 +34,7 @@ def load_model(name: str):
 
         config_file = Path(hf_hub_download(name, "config.json"))
     if json.loads(config_file.read_text()).get("model_type") == "dac":
-        return convert_checkpoint.model_from_transformers(name)
+        return convert_checkpoint.load_model_by_name(name)
     return AutoModel.from_pretrained(name, trust_remote_code=True)
 
 

@@ -14,7 +14,7 @@ result must match the model's keys and shapes exactly, or conversion fails.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import re
 import shutil
@@ -30,29 +30,13 @@ import dac_package  # noqa: E402
 modeling = dac_package.load()
 DacConfig, DacModel = modeling.DacConfig, modeling.DacModel
 configuration = sys.modules["dac_codec.configuration_dac"]
+loading = importlib.import_module("dac_codec.loading")
+fold_weight_norm, load_strict, load_model_by_name = loading.fold_weight_norm, loading.load_strict, loading.load_model
 PRESETS, ARCHITECTURE_KEYS = configuration.PRESETS, configuration.ARCHITECTURE_KEYS
 
 AUTO_MAP = {"AutoConfig": "configuration_dac.DacConfig", "AutoModel": "modeling_dac.DacModel"}
 RUNTIME_FILES = (*dac_package.MODEL_FILES, "requirements.txt")
 RESIDUAL_UNIT = ("snake1", "conv1", "snake2", "conv2")  # reference ResidualUnit.block indices 0..3
-
-
-def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replaces every weight-norm pair (`weight_g`/`weight_v`, or parametrizations' `original0`/`original1`) with
-    the plain weight g * v / ||v|| over all dims but 0, computed by the same kernel the reference runs."""
-    pairs = {".weight_g": ".weight_v", ".parametrizations.weight.original0": ".parametrizations.weight.original1"}
-    folded = {}
-    for name, value in state_dict.items():
-        for g_suffix, v_suffix in pairs.items():
-            if name.endswith(g_suffix):
-                prefix = name[: -len(g_suffix)]
-                folded[prefix + ".weight"] = torch._weight_norm(state_dict[prefix + v_suffix], value, 0)
-                break
-            if name.endswith(v_suffix):
-                break
-        else:
-            folded[name] = value
-    return folded
 
 
 def original_key(name: str, n_encoder_blocks: int, n_decoder_blocks: int) -> str:
@@ -103,39 +87,6 @@ def _preset_sampling_rate(config: DacConfig) -> int:
                      "pass --sampling-rate.")
 
 
-def config_from_transformers(config: dict[str, Any]) -> DacConfig:
-    """Our config from a transformers `DacConfig` (model_type "dac") as a dict."""
-    return DacConfig(
-        encoder_dim=config["encoder_hidden_size"],
-        encoder_rates=list(config["downsampling_ratios"]),
-        latent_dim=config["hidden_size"],
-        decoder_dim=config["decoder_hidden_size"],
-        decoder_rates=list(config["upsampling_ratios"]),
-        n_codebooks=config["n_codebooks"],
-        codebook_size=config["codebook_size"],
-        codebook_dim=config["codebook_dim"],
-        sampling_rate=config["sampling_rate"],
-    )
-
-
-def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Loads `state_dict`, failing on any missing, unexpected or mis-shaped key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    misshaped = [
-        f"{k}: {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or misshaped:
-        raise ValueError(
-            f"Checkpoint does not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, mis-shaped {misshaped[:5]}."
-        )
-    model.load_state_dict(state_dict, strict=True)
-
-
 def model_from_original(path: str, sampling_rate: Optional[int] = None) -> DacModel:
     """Our model with the weights of an original release checkpoint (.pth)."""
     try:
@@ -149,29 +100,6 @@ def model_from_original(path: str, sampling_rate: Optional[int] = None) -> DacMo
     n_enc, n_dec = len(config.encoder_rates), len(config.decoder_rates)
     state_dict = {original_key(k, n_enc, n_dec): v for k, v in fold_weight_norm(checkpoint["state_dict"]).items()}
     load_strict(model, state_dict)
-    return model
-
-
-def model_from_transformers(path_or_repo: str) -> DacModel:
-    """Our model with the weights of a transformers `DacModel` checkpoint (folder or Hub id)."""
-    from safetensors.torch import load_file
-
-    folder = Path(path_or_repo)
-    if not folder.is_dir():
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = Path(snapshot_download(path_or_repo, allow_patterns=["config.json", "*.safetensors"]))
-        except Exception as error:  # offline, no such repo, no access: say which
-            raise ValueError(f"Could not fetch {path_or_repo!r} from the Hugging Face Hub: {error}") from error
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("model_type") != "dac":
-        raise ValueError(f"{folder} holds a {config.get('model_type')!r} model, not a transformers DacModel ('dac').")
-    state_dict = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        state_dict.update(load_file(file))
-    model = DacModel(config_from_transformers(config))
-    load_strict(model, fold_weight_norm(state_dict))
     return model
 
 
@@ -195,17 +123,7 @@ def load_model(checkpoint: str, sampling_rate: Optional[int] = None) -> DacModel
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"No checkpoint file at {checkpoint!r}.")
         return model_from_original(checkpoint, sampling_rate)
-    config_file = Path(checkpoint) / "config.json"
-    if not config_file.is_file() and not Path(checkpoint).is_dir():
-        from huggingface_hub import hf_hub_download
-
-        try:
-            config_file = Path(hf_hub_download(checkpoint, "config.json"))
-        except Exception as error:  # offline, no such repo, no access: say which
-            raise ValueError(f"Could not fetch {checkpoint!r} from the Hugging Face Hub: {error}") from error
-    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == DacConfig.model_type:
-        return DacModel.from_pretrained(checkpoint)
-    return model_from_transformers(checkpoint)
+    return load_model_by_name(checkpoint)
 
 
 def convert(checkpoint: str, output_dir: str, sampling_rate: Optional[int] = None) -> Path:

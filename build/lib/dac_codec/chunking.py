@@ -1,0 +1,402 @@
+"""Chunked and streamed encoding and decoding that give exactly what whole-signal processing gives.
+
+Three words belong to this module (streaming.py defines state and tile):
+- *block*: what a user's stream hands in at a time (`encode_stream`, `decode_stream`), of any length;
+- *chunk*: what one step processes: a block is cut into chunks of at most the chunk size, which bounds memory;
+- *window*: the accelerator path's unit, a chunk with its receptive-field context on both sides.
+
+Every code frame depends on a finite span of audio, and every audio sample on a finite span of frames: the receptive
+field, which `CodecGeometry` computes once by walking the convolutions. Two strategies use it:
+
+- Streams (the CPU path, and `encode_stream` / `decode_stream` everywhere): the layers run as streams
+  (streaming.py), carrying state from chunk to chunk; every sample is computed once, and the result equals
+  whole-signal processing for any chunk size and any split into blocks.
+- Batched windows (accelerators, where one wide batch beats many small steps): the signal is cut into windows of
+  one length, each carrying its context, that run as batches through the plain forward; only the middle of each
+  window is kept, so the kept outputs equal whole-signal processing and the context is computed twice:
+
+        frames  |0 ............................................................. n_frames|
+        window k        |-- left --|======= keep [k * chunk, (k + 1) * chunk) =======|-- right --|
+        first   |======= keep =======|-- right + left --|   (the signal's ends need no context: windows are
+        last                                     |-- left + right --|======= keep =======|   moved inside)
+
+Equal means up to float rounding in the convolutions: codes are identical, audio agrees to about 1e-6.
+`decode_overlap_average` keeps the earlier model card's approximate decoding (chunks without context, averaged
+over an overlap) for compatibility.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import torch
+from torch import nn
+
+# Batched windows: the widest activation of one batch, 1 GiB in fp32; chunks at least this many times their
+# receptive-field context, so that recomputing the context costs at most a quarter more.
+BATCH_ELEMENTS = 1 << 28
+MIN_CHUNK_OVER_CONTEXT = 4
+QUANTIZE_FRAMES = 1024  # latent frames that `encode` quantizes at once: the quantizer's small projections want width
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Geometry
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The index arithmetic of one convolution (or transposed convolution) along time."""
+
+    kernel: int
+    stride: int
+    dilation: int
+    padding: int
+    transposed: bool
+    out_channels: int
+
+    def input_span(self, lo: int, hi: int) -> tuple[int, int]:
+        """The input indices [lo', hi'] that output indices [lo, hi] read."""
+        reach = self.dilation * (self.kernel - 1)
+        if self.transposed:  # output n = j * stride - padding + k * dilation
+            return -((reach - self.padding - lo) // self.stride), (hi + self.padding) // self.stride
+        return lo * self.stride - self.padding, hi * self.stride - self.padding + reach
+
+    def output_length(self, length: int) -> int:
+        reach = self.dilation * (self.kernel - 1)
+        if self.transposed:
+            return (length - 1) * self.stride - 2 * self.padding + reach + 1
+        return (length + 2 * self.padding - reach - 1) // self.stride + 1
+
+
+def conv_geometry(module: nn.Module) -> list[ConvGeometry]:
+    """The convolutions of `module` in forward order (its layers are registered in the order they run).
+
+    Residual branches add nothing: the identity path reads a subset of what the convolution path reads.
+    """
+    return [
+        ConvGeometry(m.kernel_size[0], m.stride[0], m.dilation[0], m.padding[0], isinstance(m, nn.ConvTranspose1d),
+                     m.out_channels)
+        for m in module.modules()
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))
+    ]
+
+
+def input_span(layers: list[ConvGeometry], lo: int, hi: int) -> tuple[int, int]:
+    """The input indices that output indices [lo, hi] of the stack `layers` depend on."""
+    for layer in reversed(layers):
+        lo, hi = layer.input_span(lo, hi)
+    return lo, hi
+
+
+def output_length(layers: list[ConvGeometry], length: int) -> int:
+    """Output length of the stack `layers` for an input of `length`."""
+    for layer in layers:
+        length = layer.output_length(length)
+    return length
+
+
+def widest_activation(layers: list[ConvGeometry], steps_per_frame: float) -> int:
+    """Elements per code frame of the stack's widest activation, for input of `steps_per_frame` steps a frame."""
+    widest = 0
+    for layer in layers:
+        steps_per_frame = steps_per_frame * layer.stride if layer.transposed else steps_per_frame / layer.stride
+        widest = max(widest, math.ceil(layer.out_channels * steps_per_frame))
+    return widest
+
+
+@dataclass(frozen=True)
+class CodecGeometry:
+    """What chunking needs to know of a model, computed once from its layers.
+
+    Attributes:
+        hop_length: Audio samples per code frame.
+        encoder, decoder: Their convolutions in forward order.
+        encoder_context: (left, right) code frames of context that a frame's encoding reads beyond the frame.
+        decoder_context: (left, right) code frames that the audio of a frame reads beyond the frame.
+        encoder_lookahead: Samples past a frame's end that its codes read (the encoder stream's latency).
+        decoder_lookahead: Frames past a frame that all of its audio reads (the decoder stream's latency).
+        encoder_width, decoder_width: Elements per frame of each one's widest activation.
+    """
+
+    hop_length: int
+    encoder: tuple[ConvGeometry, ...]
+    decoder: tuple[ConvGeometry, ...]
+    encoder_context: tuple[int, int]
+    decoder_context: tuple[int, int]
+    encoder_lookahead: int
+    decoder_lookahead: int
+    encoder_width: int
+    decoder_width: int
+
+    @classmethod
+    def of(cls, encoder: nn.Module, decoder: nn.Module, hop_length: int) -> "CodecGeometry":
+        enc, dec = tuple(conv_geometry(encoder)), tuple(conv_geometry(decoder))
+        first_sample, last_sample = input_span(enc, 0, 0)  # the samples that code frame 0 reads
+        first_frame, last_frame = input_span(dec, 0, hop_length - 1)  # the frames that frame 0's samples read
+        lookahead = last_sample + 1 - hop_length
+        return cls(
+            hop_length=hop_length, encoder=enc, decoder=dec,
+            encoder_context=(math.ceil(-first_sample / hop_length), math.ceil(lookahead / hop_length)),
+            decoder_context=(-first_frame, last_frame),
+            encoder_lookahead=lookahead, decoder_lookahead=last_frame,
+            encoder_width=widest_activation(enc, hop_length), decoder_width=widest_activation(dec, 1),
+        )
+
+    def num_frames(self, num_samples: int) -> int:
+        """Code frames for `num_samples` samples: ceil(num_samples / hop_length)."""
+        return -(-num_samples // self.hop_length)
+
+    def num_samples(self, num_frames: int) -> int:
+        """Samples that the decoder returns for `num_frames` frames."""
+        return output_length(self.decoder, num_frames)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plans
+def plan_context_windows(n_frames: int, chunk: int, left: int, right: int) -> list[tuple[int, int, int]]:
+    """Windows of one length that keep chunks of `chunk` frames, each with its `left` and `right` frames of context
+    (see the module's diagram). Outputs kept from a window read only inputs inside it, and a window moved against an
+    end of the signal sees that end where the whole signal has it, so the kept outputs equal whole-signal
+    processing. Returns (window_start, keep_start, keep_stop) per chunk; every window spans
+    [window_start, window_start + min(n_frames, chunk + left + right)).
+    """
+    length = min(n_frames, chunk + left + right)
+    return [
+        (min(max(0, start - left), n_frames - length), start, min(start + chunk, n_frames))
+        for start in range(0, n_frames, chunk)
+    ]
+
+
+def plan_window_batches(
+    n_frames: int, chunk: Optional[int], context: tuple[int, int], width: int
+) -> tuple[list[list[tuple[int, int, int]]], int]:
+    """`plan_context_windows` grouped into batches whose widest activation (`width` elements a frame, all items
+    of the signal's batch counted) stays within BATCH_ELEMENTS. `chunk`: frames kept per window; 0 for one
+    window; None for windows as long as the budget allows. Returns (batches of windows, window length)."""
+    if chunk is None:
+        chunk = max(1, BATCH_ELEMENTS // width - sum(context))
+    chunk = max(chunk or n_frames, MIN_CHUNK_OVER_CONTEXT * sum(context))
+    windows = plan_context_windows(n_frames, chunk, *context)
+    length = min(n_frames, chunk + sum(context))
+    size = max(1, BATCH_ELEMENTS // (length * width))
+    return [windows[i : i + size] for i in range(0, len(windows), size)], length
+
+
+def plan_overlap_chunks(n_frames: int, chunk_frames: int, overlap_rate: float) -> Iterator[tuple[int, int]]:
+    """Frame ranges [start, stop) of the earlier model card's overlap-averaged decoding: chunks of `chunk_frames`
+    frames whose neighbours overlap by `overlap_rate` of a chunk (at least one frame when the rate is > 0)."""
+    if chunk_frames <= 0 or chunk_frames >= n_frames:
+        yield 0, n_frames
+        return
+    overlap = min(chunk_frames - 1, math.ceil(overlap_rate * chunk_frames))
+    start = 0
+    while True:
+        stop = min(start + chunk_frames, n_frames)
+        yield start, stop
+        if stop == n_frames:
+            return
+        start += chunk_frames - overlap
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoder input
+class Latents:
+    """What `decode` decodes: a quantized latent, or codes looked up into one frame range at a time, so that a
+    long signal's latent is never held whole.
+
+    Args:
+        quantizer: The model's `ResidualVectorQuantize`.
+        z_q: (batch, latent_dim, frames), or None.
+        codes: (batch, n, frames) int64 with n <= n_codebooks, or None; exactly one of the two is given.
+    """
+
+    def __init__(
+        self, quantizer: nn.Module, z_q: Optional[torch.Tensor] = None, codes: Optional[torch.Tensor] = None
+    ):
+        self.quantizer, self.z_q, self.codes = quantizer, z_q, codes
+        given = z_q if z_q is not None else codes
+        self.batch, self.frames = given.shape[0], given.shape[-1]
+
+    def __getitem__(self, frames: slice) -> torch.Tensor:
+        """z_q (batch, latent_dim, n) of a frame range."""
+        if self.z_q is not None:
+            return self.z_q[..., frames]
+        return self.quantizer.from_codes(self.codes[..., frames])
+
+    def chunks(self, chunk: int) -> Iterator[torch.Tensor]:
+        """z_q in chunks of `chunk` frames (one chunk for 0)."""
+        chunk = chunk or self.frames
+        return (self[start : start + chunk] for start in range(0, self.frames, chunk))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Streams
+def stream_encode(
+    encoder: nn.Module, quantizer: nn.Module, chunks: Iterable[torch.Tensor], n_quantizers: int, hop_length: int,
+    min_frames: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(z_q, codes) of the frames that each chunk of model-rate audio (batch, 1, t) completes; together, those of
+    the whole signal. Latent frames are quantized in groups of at least `min_frames` (0: as soon as they come).
+
+    Raises:
+        ValueError: If the chunks hold no sample.
+    """
+    stream, received, pending = encoder.stream(), 0, []
+
+    def quantize(final: bool):
+        if pending and (final or sum(z.shape[-1] for z in pending) >= min_frames):
+            z = torch.cat(pending, dim=-1) if len(pending) > 1 else pending[0]
+            pending.clear()
+            yield quantizer(z, n_quantizers)[:2]  # (z_q, codes)
+
+    chunk = None
+    for chunk in chunks:
+        received += chunk.shape[-1]
+        for z in stream.steps(chunk.transpose(1, 2), final=False):
+            pending.append(z.transpose(1, 2))  # (B, n, D) -> (B, D, n)
+            yield from quantize(final=False)
+    if not received:
+        raise ValueError("The audio held no samples; it needs at least one.")
+    # The end of the signal, padded to whole frames as the reference's preprocess does.
+    end = chunk.new_zeros(*chunk.shape[:-1], -received % hop_length)
+    pending.extend(z.transpose(1, 2) for z in stream.steps(end.transpose(1, 2), final=True))
+    yield from quantize(final=True)
+
+
+def stream_decode(decoder: nn.Module, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The audio (batch, 1, t) that each chunk of latent frames (batch, latent_dim, n) completes; together, that of
+    all the frames.
+
+    Raises:
+        ValueError: If the chunks hold no frame.
+    """
+    stream, received, chunk = decoder.stream(), 0, None
+    for chunk in chunks:
+        received += chunk.shape[-1]
+        for audio in stream.steps(chunk.transpose(1, 2).contiguous(), final=False):
+            yield audio.transpose(1, 2)  # (B, t, 1) -> (B, 1, t)
+    if not received:
+        raise ValueError("The codes held no frames; they need at least one.")
+    for audio in stream.steps(chunk.new_empty(chunk.shape[0], 0, chunk.shape[1]), final=True):
+        yield audio.transpose(1, 2)
+
+
+def encode_streamed(
+    encoder: nn.Module, quantizer: nn.Module, audio: torch.Tensor, n_quantizers: int, chunk: int,
+    geometry: CodecGeometry,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_q, codes) of model-rate audio (batch, 1, time), streamed in chunks of `chunk` frames (0: one chunk)."""
+    batch, n_frames = audio.shape[0], geometry.num_frames(audio.shape[-1])
+    z_q, codes, done = None, None, 0
+    chunks = audio.split(chunk * geometry.hop_length or audio.shape[-1], dim=-1)
+    for z_q_i, codes_i in stream_encode(encoder, quantizer, chunks, n_quantizers, geometry.hop_length,
+                                        min_frames=QUANTIZE_FRAMES):
+        if z_q is None:
+            z_q = z_q_i.new_empty(batch, z_q_i.shape[1], n_frames)
+            codes = codes_i.new_empty(batch, n_quantizers, n_frames)
+        z_q[..., done : done + codes_i.shape[-1]], codes[..., done : done + codes_i.shape[-1]] = z_q_i, codes_i
+        done += codes_i.shape[-1]
+    return z_q, codes
+
+
+def decode_streamed(decoder: nn.Module, latents: Latents, chunk: int, geometry: CodecGeometry) -> torch.Tensor:
+    """Audio (batch, 1, samples) of `latents`, streamed in chunks of `chunk` frames (0: one chunk)."""
+    audio, done = None, 0
+    for piece in stream_decode(decoder, latents.chunks(chunk)):
+        if audio is None:
+            audio = piece.new_empty(latents.batch, 1, geometry.num_samples(latents.frames))
+        audio[..., done : done + piece.shape[-1]] = piece
+        done += piece.shape[-1]
+    return audio
+
+
+def stack_padded(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z_q, codes) of items encoded one by one, each of batch 1 -> (z_q, codes) of the batch, zero-padded to the
+    longest item, and the frames of each item (batch,)."""
+    n_frames = max(codes.shape[-1] for _, codes in items)
+    z_q = items[0][0].new_zeros(len(items), items[0][0].shape[1], n_frames)
+    codes = items[0][1].new_zeros(len(items), items[0][1].shape[1], n_frames)
+    for i, (z_q_i, codes_i) in enumerate(items):
+        z_q[i, :, : z_q_i.shape[-1]], codes[i, :, : codes_i.shape[-1]] = z_q_i[0], codes_i[0]
+    return z_q, codes, torch.tensor([c.shape[-1] for _, c in items], device=codes.device)
+
+
+def encode_blocks(
+    encoder: nn.Module, quantizer: nn.Module, blocks: Iterable[torch.Tensor], n_quantizers: int, chunk: int,
+    hop_length: int,
+) -> Iterator[torch.Tensor]:
+    """`encode_stream`: codes (batch, n_quantizers, n) as soon as blocks of model-rate audio (batch, 1, t) determine
+    them, each block cut into chunks of at most `chunk` samples (0: whole blocks)."""
+    chunks = (piece for block in blocks for piece in block.split(chunk or block.shape[-1], dim=-1))
+    for _, codes in stream_encode(encoder, quantizer, chunks, n_quantizers, hop_length):
+        yield codes
+
+
+def decode_blocks(
+    decoder: nn.Module, quantizer: nn.Module, blocks: Iterable[torch.Tensor], chunk: int
+) -> Iterator[torch.Tensor]:
+    """`decode_stream`: audio (batch, 1, t) as soon as blocks of codes (batch, n, frames) determine it, each block
+    cut into chunks of at most `chunk` frames (0: whole blocks)."""
+    latents = (z for block in blocks if block.shape[-1] for z in Latents(quantizer, codes=block).chunks(chunk))
+    yield from stream_decode(decoder, latents)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batched windows
+def encode_windows(
+    encoder: nn.Module, quantizer: nn.Module, audio: torch.Tensor, n_quantizers: int, chunk: Optional[int],
+    geometry: CodecGeometry,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_q, codes) of model-rate audio (batch, 1, time) as batches of windows (see the module's diagram);
+    `chunk` as in `plan_window_batches`."""
+    hop, batch = geometry.hop_length, audio.shape[0]
+    n_frames = geometry.num_frames(audio.shape[-1])
+    audio = nn.functional.pad(audio, (0, n_frames * hop - audio.shape[-1]))  # as the reference's preprocess
+    batches, length = plan_window_batches(n_frames, chunk, geometry.encoder_context, geometry.encoder_width * batch)
+    z = None
+    for windows in batches:
+        x = torch.cat([audio[..., start * hop : (start + length) * hop] for start, _, _ in windows])
+        y = encoder(x).view(len(windows), batch, -1, length)  # (K * B, D, length) -> (K, B, D, length)
+        z = y.new_empty(batch, y.shape[2], n_frames) if z is None else z
+        for (start, keep, stop), y_k in zip(windows, y):
+            z[..., keep:stop] = y_k[..., keep - start : stop - start]
+    z_q, codes = zip(*(quantizer(piece, n_quantizers)[:2] for piece in z.split(64 * QUANTIZE_FRAMES, -1)))
+    return torch.cat(z_q, -1), torch.cat(codes, -1)
+
+
+def decode_windows(decoder: nn.Module, latents: Latents, chunk: Optional[int], geometry: CodecGeometry) -> torch.Tensor:
+    """Audio (batch, 1, samples) of `latents` as batches of windows (see the module's diagram); `chunk` as in
+    `plan_window_batches`."""
+    hop, n_frames = geometry.hop_length, latents.frames
+    batches, length = plan_window_batches(
+        n_frames, chunk, geometry.decoder_context, geometry.decoder_width * latents.batch
+    )
+    audio = None
+    for windows in batches:
+        z = torch.cat([latents[start : start + length] for start, _, _ in windows])
+        y = decoder(z).view(len(windows), latents.batch, 1, -1)  # (K * B, 1, t) -> (K, B, 1, t)
+        if audio is None:
+            audio = y.new_empty(latents.batch, 1, geometry.num_samples(n_frames))
+        for (start, keep, stop), y_k in zip(windows, y):
+            end = min(stop * hop, audio.shape[-1])  # the last frames of 16 and 24 kHz are 8 samples short
+            audio[..., keep * hop : end] = y_k[..., (keep - start) * hop : end - start * hop]
+    return audio
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Overlap-averaged decoding (approximate)
+def decode_overlap_average(
+    decoder: nn.Module, latents: Latents, chunk: int, overlap_rate: float, geometry: CodecGeometry
+) -> torch.Tensor:
+    """The earlier model card's decoding: chunks decoded without context, averaged where they overlap. Its seams
+    are wrong by up to ~0.3; kept for compatibility."""
+    hop = geometry.hop_length
+    audio, weight = None, None
+    for start, stop in plan_overlap_chunks(latents.frames, chunk, overlap_rate):
+        y = decoder(latents[start:stop])
+        if audio is None:
+            audio = y.new_zeros(latents.batch, 1, geometry.num_samples(latents.frames))
+            weight = torch.zeros_like(audio)
+        audio[..., start * hop : start * hop + y.shape[-1]] += y
+        weight[..., start * hop : start * hop + y.shape[-1]] += 1
+    return audio.div_(weight)

@@ -1,0 +1,421 @@
+"""DAC as a transformers `PreTrainedModel`: audio in, residual-vector-quantized codes out, and back.
+
+    model = AutoModel.from_pretrained(repo_or_folder, trust_remote_code=True)
+    zq, s = model.encode("speech.wav")        # z_q (1, latent_dim, frames), codes (1, n_codebooks, frames)
+    waveform = model.decode(s=s)              # (1, 1, samples)
+    model.waveform_to_audiofile(waveform, "out.wav")
+
+`DacModel` is the user-facing API and checks what it is given. The layers are in dac_layers.py, the chunked and
+streamed strategies in chunking.py, files and input preparation in audio_io.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Iterable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .audio_io import (
+    AudioInput, PathLike, check_blocks, check_lengths, check_same_shape, check_sample_rate, check_tensor, load_audio,
+    load_tensor, prepare_audio, prepare_blocks, save_tensor, write_audio, write_audio_pieces,
+)
+from .chunking import (
+    CodecGeometry, Latents, decode_blocks, decode_overlap_average, decode_streamed, decode_windows, encode_blocks,
+    encode_streamed, encode_windows, stack_padded, stream_decode,
+)
+from .configuration_dac import DECODING_MODES, DacConfig, check_chunk_size
+from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
+
+
+class _UnpacksAsTuple:
+    """Makes `a, b = output` give the tensors, as a tuple would, rather than the field names."""
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+
+@dataclass
+class DacEncoderOutput(_UnpacksAsTuple, ModelOutput):
+    """Output of `DacModel.encode`; unpacks as `zq, s = model.encode(...)`.
+
+    Args:
+        z_q: (batch, latent_dim, frames) quantized latent, the sum of the codebooks' contributions.
+        codes: (batch, n_quantizers, frames) int64 codebook indices in [0, codebook_size).
+        frame_lengths: (batch,) valid frames of each item, only when `encode` was given `lengths` (then the
+            output unpacks as `zq, s, frame_lengths`); frames past an item's length hold zeros.
+    """
+
+    z_q: Optional[torch.Tensor] = None
+    codes: Optional[torch.Tensor] = None
+    frame_lengths: Optional[torch.Tensor] = None
+
+
+@dataclass
+class DacOutput(_UnpacksAsTuple, ModelOutput):
+    """Output of `DacModel.forward` (encode then decode), the reference's training outputs.
+
+    Args:
+        audio: (batch, 1, samples) reconstruction, cropped to the input's length (up to 8 samples short at 16 and
+            24 kHz, as in the reference; see `forward`).
+        codes: (batch, n_quantizers, frames) codebook indices.
+        z_q: (batch, latent_dim, frames) quantized latent.
+        latents: (batch, n_quantizers * codebook_dim, frames) each codebook's projected latent z_e, before lookup.
+        commitment_loss: Scalar, summed over codebooks: the batch mean of each one's mean squared distance from z_e
+            to its codebook entries, with the gradient to the encoder.
+        codebook_loss: Scalar, the same distance with the gradient to the codebooks.
+        loss: `config.commitment_loss_weight * commitment_loss + config.codebook_loss_weight * codebook_loss`, as
+            transformers' `DacModel` defines it; the reconstruction and adversarial losses are the trainer's.
+    """
+
+    audio: Optional[torch.Tensor] = None
+    codes: Optional[torch.Tensor] = None
+    z_q: Optional[torch.Tensor] = None
+    latents: Optional[torch.Tensor] = None
+    commitment_loss: Optional[torch.Tensor] = None
+    codebook_loss: Optional[torch.Tensor] = None
+    loss: Optional[torch.Tensor] = None
+
+
+class DacModel(PreTrainedModel):
+    """The Descript Audio Codec: an encoder, a residual vector quantizer and a decoder (Kumar et al., 2023).
+
+    `encode` and `decode` take audio and codes in any common form and process long signals in chunks whose result
+    equals whole-signal processing; `encode_stream` and `decode_stream` do the same for signals that arrive in
+    blocks; `forward` is the plain encode-decode round trip for training.
+    """
+
+    config_class = DacConfig
+    base_model_prefix = "dac"
+    main_input_name = "input_values"
+
+    def __init__(self, config: DacConfig):
+        super().__init__(config)
+        self.encoder = Encoder(config.encoder_dim, config.encoder_rates, config.latent_dim)
+        self.quantizer = ResidualVectorQuantize(
+            config.latent_dim, config.n_codebooks, config.codebook_size, config.codebook_dim, config.quantizer_dropout
+        )
+        self.decoder = Decoder(config.latent_dim, config.decoder_dim, config.decoder_rates)
+        self.geometry = CodecGeometry.of(self.encoder, self.decoder, config.hop_length)
+        self.post_init()
+        self.eval()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # As the reference initialises: truncated normal convolutions, zero biases, unit Snake frequencies.
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, Snake1d):
+            nn.init.ones_(module.alpha)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "DacModel":
+        model = super().from_pretrained(*args, **kwargs)
+        # safetensors may hand out views at any byte offset of the file; oneDNN picks other kernels (other float
+        # rounding, less speed) for unaligned weights, so give every parameter its own aligned storage.
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.data_ptr() % 64:
+                    parameter.data = parameter.data.clone()
+        return model
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.config.sampling_rate
+
+    def num_frames(self, num_samples: int) -> int:
+        """Code frames for `num_samples` samples at the model's rate: ceil(num_samples / hop_length)."""
+        return self.geometry.num_frames(num_samples)
+
+    def num_samples(self, num_frames: int) -> int:
+        """Samples that `decode` returns for `num_frames` frames (hop_length * frames, less 8 at 16 and 24 kHz)."""
+        return self.geometry.num_samples(num_frames)
+
+    @property
+    def stream_latency(self) -> dict[str, float]:
+        """Lookahead of the streams in seconds: `encode_stream` yields a frame's codes once the audio reaches this
+        far past the frame's end, `decode_stream` all of a frame's audio once the codes reach this far past it."""
+        return {"encode": self.geometry.encoder_lookahead / self.sampling_rate,
+                "decode": self.geometry.decoder_lookahead / self.config.frame_rate}
+
+    def apply_weight_norm(self) -> None:
+        """Re-parametrizes every convolution with weight norm for fine-tuning, as the reference trains."""
+        apply_weight_norm(self)
+
+    def remove_weight_norm(self) -> None:
+        """Folds weight norm back into plain weights; do this before `save_pretrained`."""
+        remove_weight_norm(self)
+
+    # ----------------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(
+        self,
+        audio: AudioInput,
+        sample_rate: Optional[int] = None,
+        n_quantizers: Optional[int] = None,
+        chunk_size_in_sec: Optional[float] = None,
+        lengths: Optional[Union[list[int], torch.Tensor, np.ndarray]] = None,
+    ) -> DacEncoderOutput:
+        """Encodes audio into codes.
+
+        Args:
+            audio: A path to an audio file, or samples in [-1, 1] as a numpy array or torch tensor shaped (time,),
+                (channels, time) or (batch, channels, time). Channels are mixed down to mono; other sample rates
+                are resampled to `config.sampling_rate`.
+            sample_rate: Rate of `audio` in Hz; required for samples, read from the file for paths.
+            n_quantizers: Number of codebooks to use (the bitrate), 1 to `config.n_codebooks`; all by default.
+            chunk_size_in_sec: Audio per chunk; `config.encoding_chunk_size_in_sec` by default; 0 for no chunking.
+                The codes do not depend on it. On an accelerator, chunks run as batched windows, by default as long
+                as memory allows.
+            lengths: For a zero-padded batch (batch, channels, time) of signals of different lengths: the samples
+                of each. Each item is then encoded as if alone, and the output carries `frame_lengths`.
+
+        Returns:
+            `DacEncoderOutput` (unpacks as `zq, s`): z_q (batch, latent_dim, frames) and codes
+            (batch, n_quantizers, frames), frames = ceil(samples / hop_length) at the model's rate.
+        """
+        if lengths is not None:
+            return self._encode_padded_batch(audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths)
+        n_quantizers = self._n_quantizers(n_quantizers)
+        chunk = self._chunk("chunk_size_in_sec", chunk_size_in_sec)
+        audio = prepare_audio(audio, sample_rate, self.sampling_rate).to(self.device, self.dtype)
+        if audio.device.type != "cpu":
+            given = chunk if chunk_size_in_sec is not None else None
+            return DacEncoderOutput(*encode_windows(self.encoder, self.quantizer, audio, n_quantizers, given,
+                                                    self.geometry))
+        return DacEncoderOutput(*encode_streamed(self.encoder, self.quantizer, audio, n_quantizers, chunk,
+                                                 self.geometry))
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        zq: Optional[torch.Tensor] = None,
+        s: Optional[torch.Tensor] = None,
+        chunk_size: Optional[int] = None,
+        mode: Optional[str] = None,
+    ) -> torch.Tensor:
+        """Decodes a quantized latent or codes into audio. Give exactly one of `zq` and `s`.
+
+        Args:
+            zq: (batch, latent_dim, frames) quantized latent, as `encode` returns.
+            s: (batch, n, frames) codes, with the first n <= n_codebooks codebooks.
+            chunk_size: Frames per chunk; `config.decoding_chunk_size` by default; 0 for no chunking. On an
+                accelerator, chunks run as batched windows, by default as long as memory allows.
+            mode: "exact" (equal to whole-signal decoding) or "overlap_average" (the earlier model card's averaged
+                chunks, approximate); `config.decoding_mode` by default.
+
+        Returns:
+            (batch, 1, samples) waveform at `config.sampling_rate`, samples = `num_samples(frames)`.
+        """
+        latents, mode = self._latents(zq, s), self._mode(mode)
+        chunk = self._chunk("chunk_size", chunk_size)
+        if mode == "overlap_average":
+            return decode_overlap_average(self.decoder, latents, chunk, self.config.decoding_overlap_rate,
+                                          self.geometry)
+        if self.device.type != "cpu":
+            return decode_windows(self.decoder, latents, chunk if chunk_size is not None else None, self.geometry)
+        return decode_streamed(self.decoder, latents, chunk, self.geometry)
+
+    @torch.inference_mode()
+    def decode_to_audiofile(
+        self,
+        path: PathLike,
+        zq: Optional[torch.Tensor] = None,
+        s: Optional[torch.Tensor] = None,
+        chunk_size: Optional[int] = None,
+        mode: Optional[str] = None,
+    ) -> None:
+        """Decodes straight into an audio file, for one signal (batch 1); a failed decode leaves no file.
+
+        Args:
+            path: The file to write, its format by extension (.wav, .flac, .ogg, ...); its folder must exist.
+            zq, s, chunk_size, mode: As for `decode`. In exact mode no more than a chunk of audio is held, so an
+                hour of codes decodes in the memory of a chunk; "overlap_average" decodes the whole signal first.
+        """
+        latents, mode = self._latents(zq, s), self._mode(mode)
+        chunk = self._chunk("chunk_size", chunk_size)
+        if latents.batch != 1:
+            raise ValueError(f"`decode_to_audiofile` writes one signal; got a batch of {latents.batch}: decode "
+                             "each item.")
+        if mode == "overlap_average":
+            pieces = (self.decode(zq, s, chunk_size, mode) for _ in range(1))  # lazily: the file is checked first
+        else:
+            pieces = stream_decode(self.decoder, latents.chunks(chunk))
+        write_audio_pieces(path, pieces, self.sampling_rate)
+
+    def encode_stream(
+        self,
+        blocks: Iterable[Union[np.ndarray, torch.Tensor]],
+        sample_rate: int,
+        n_quantizers: Optional[int] = None,
+        chunk_size_in_sec: Optional[float] = None,
+    ) -> Iterator[torch.Tensor]:
+        """Encodes audio that arrives in blocks, yielding codes as soon as they are determined.
+
+        The codes, concatenated along time, equal `encode` of the whole signal. A frame is yielded once the audio
+        reaches `stream_latency["encode"]` past the frame's end (at the model's rate).
+
+        Args:
+            blocks: Samples shaped (time,), (channels, time) or (batch, channels, time), each of any length (empty
+                too), all with the first block's batch size and channels.
+            sample_rate: Rate of the blocks in Hz; other rates than the model's are resampled as a stream.
+            n_quantizers: Codebooks to use; all by default.
+            chunk_size_in_sec: At most this much audio is encoded per step (bounds memory); config by default.
+
+        Yields:
+            Codes (batch, n_quantizers, frames) for the frames determined so far and not yet yielded.
+        """
+        blocks = check_blocks(blocks)
+        n_quantizers = self._n_quantizers(n_quantizers)
+        chunk = self._chunk("chunk_size_in_sec", chunk_size_in_sec) * self.hop_length
+        audio = prepare_blocks(blocks, check_sample_rate(sample_rate), self.sampling_rate)
+        return self._encode_stream(audio, n_quantizers, chunk)
+
+    @torch.inference_mode()
+    def _encode_stream(self, audio: Iterator[torch.Tensor], n_quantizers: int, chunk: int) -> Iterator[torch.Tensor]:
+        audio = (block.to(self.device, self.dtype) for block in audio)
+        yield from encode_blocks(self.encoder, self.quantizer, audio, n_quantizers, chunk, self.hop_length)
+
+    def decode_stream(self, blocks: Iterable[torch.Tensor], chunk_size: Optional[int] = None) -> Iterator[torch.Tensor]:
+        """Decodes codes that arrive in blocks of frames, yielding audio as soon as it is determined.
+
+        The audio, concatenated along time, equals `decode(s=...)` of all the codes. Each sample is yielded once
+        the codes reach the end of its receptive field (`stream_latency["decode"]`).
+
+        Args:
+            blocks: Codes shaped (batch, n, frames), n <= n_codebooks, each of any length (empty too), all with the
+                first block's batch size and n.
+            chunk_size: At most this many frames are decoded per step (bounds memory); config by default.
+
+        Yields:
+            Audio (batch, 1, samples) for the frames determined so far and not yet yielded.
+        """
+        return self._decode_stream(check_blocks(blocks), self._chunk("chunk_size", chunk_size))
+
+    @torch.inference_mode()
+    def _decode_stream(self, blocks: Iterator[torch.Tensor], chunk: int) -> Iterator[torch.Tensor]:
+        codes = (self._codes(block, f"block {i}", allow_empty=True) for i, block in enumerate(blocks))
+        yield from decode_blocks(self.decoder, self.quantizer, check_same_shape(codes, "codebooks"), chunk)
+
+    def forward(
+        self, input_values: torch.Tensor, n_quantizers: Optional[int] = None, return_dict: Optional[bool] = None
+    ) -> Union[DacOutput, tuple]:
+        """Encode-decode round trip of model-rate audio, whole-signal, as the reference's `forward`; in training
+        mode with its quantizer dropout, losses and gradients.
+
+        Args:
+            input_values: (batch, 1, samples) float audio at `config.sampling_rate`.
+            n_quantizers: Codebooks to use; all by default. The reference ignores it in training mode; here it
+                holds in both modes (training at a fixed bitrate then works), with dropout drawing below it.
+            return_dict: False for a tuple (audio, codes, z_q, latents, commitment_loss, codebook_loss, loss).
+
+        Returns:
+            `DacOutput`. The reconstruction is cropped to the input's length; like the reference, the 16 and 24 kHz
+            models return up to 8 samples less when the length is within 8 samples of a multiple of the hop.
+        """
+        x = check_tensor(input_values, "input_values")
+        if not x.is_floating_point() or x.dim() != 3 or x.shape[1] != 1 or 0 in x.shape:
+            raise (ValueError if x.is_floating_point() else TypeError)(
+                f"`input_values` must be float audio shaped (batch, 1, samples), got {x.dtype} {tuple(x.shape)}."
+            )
+        length, n_quantizers = x.shape[-1], self._n_quantizers(n_quantizers)
+        x = nn.functional.pad(x, (0, self.num_frames(length) * self.hop_length - length))
+        q = self.quantizer(self.encoder(x), n_quantizers)
+        weights = self.config.commitment_loss_weight, self.config.codebook_loss_weight
+        loss = None if q.commitment_loss is None else weights[0] * q.commitment_loss + weights[1] * q.codebook_loss
+        output = DacOutput(audio=self.decoder(q.z_q)[..., :length], codes=q.codes, z_q=q.z_q, latents=q.latents,
+                           commitment_loss=q.commitment_loss, codebook_loss=q.codebook_loss, loss=loss)
+        return output if return_dict is not False else output.to_tuple()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Argument checks
+    def _n_quantizers(self, n_quantizers: Optional[int]) -> int:
+        if n_quantizers is None:
+            return self.config.n_codebooks
+        allowed = f"`n_quantizers` must be an int in [1, {self.config.n_codebooks}], got {n_quantizers!r}."
+        if isinstance(n_quantizers, bool) or not isinstance(n_quantizers, Integral):
+            raise TypeError(allowed)
+        if not 1 <= n_quantizers <= self.config.n_codebooks:
+            raise ValueError(allowed)
+        return int(n_quantizers)
+
+    def _chunk(self, name: str, value: Optional[float]) -> int:
+        """A call's chunk size (the config's if None) in frames; 0 for no chunking."""
+        if name == "chunk_size":
+            return int(check_chunk_size(name, self.config.decoding_chunk_size if value is None else value, "frames"))
+        seconds = check_chunk_size(name, self.config.encoding_chunk_size_in_sec if value is None else value,
+                                   "seconds")
+        return max(1, round(seconds * self.config.frame_rate)) if seconds else 0
+
+    def _mode(self, mode: Optional[str]) -> str:
+        mode = self.config.decoding_mode if mode is None else mode
+        if mode not in DECODING_MODES:
+            raise ValueError(f"`mode` must be one of {DECODING_MODES}, got {mode!r}.")
+        return mode
+
+    def _latents(self, zq: Optional[torch.Tensor], s: Optional[torch.Tensor]) -> Latents:
+        if (zq is None) == (s is None):
+            raise ValueError("Pass exactly one of `zq` (quantized latent) and `s` (codes).")
+        if s is not None:
+            return Latents(self.quantizer, codes=self._codes(s, "s"))
+        z_q = check_tensor(zq, "zq")
+        if not z_q.is_floating_point():
+            raise TypeError(f"`zq` must be a floating point tensor, got {z_q.dtype}.")
+        z_q = z_q[None] if z_q.dim() == 2 else z_q
+        if z_q.dim() != 3 or z_q.shape[1] != self.config.latent_dim or 0 in z_q.shape:
+            raise ValueError(f"`zq` must be shaped (batch, {self.config.latent_dim}, frames) with frames >= 1, "
+                             f"got {tuple(zq.shape)}.")
+        if not torch.isfinite(z_q).all():
+            raise ValueError("`zq` contains NaN or Inf.")
+        return Latents(self.quantizer, z_q=z_q.to(self.device, self.dtype))
+
+    def _codes(self, codes: torch.Tensor, name: str, allow_empty: bool = False) -> torch.Tensor:
+        codes = check_tensor(codes, name)
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise TypeError(f"`{name}` (codes) must be an integer tensor, got {codes.dtype}.")
+        codes = codes[None] if codes.dim() == 2 else codes
+        if codes.dim() != 3 or codes.shape[0] == 0 or (codes.shape[-1] == 0 and not allow_empty):
+            raise ValueError(f"`{name}` (codes) must be shaped (batch, n_codebooks, frames) with batch and frames "
+                             f">= 1, got {tuple(codes.shape)}.")
+        if not 1 <= codes.shape[1] <= self.config.n_codebooks:
+            raise ValueError(f"`{name}` (codes) has {codes.shape[1]} codebooks; this model has "
+                             f"{self.config.n_codebooks} (codes may use the first 1 to {self.config.n_codebooks}).")
+        if codes.numel() and not (0 <= int(codes.min()) and int(codes.max()) < self.config.codebook_size):
+            raise ValueError(f"`{name}` (codes) must lie in [0, {self.config.codebook_size}), got values in "
+                             f"[{int(codes.min())}, {int(codes.max())}].")
+        return codes.to(self.device, torch.long)
+
+    def _encode_padded_batch(self, audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths) -> DacEncoderOutput:
+        """Encodes each item of a padded batch on its own, so padding never leaks into an item's codes."""
+        lengths = check_lengths(lengths, audio)
+        items = [self.encode(audio[i : i + 1, :, :n], sample_rate, n_quantizers, chunk_size_in_sec)
+                 for i, n in enumerate(lengths)]
+        return DacEncoderOutput(*stack_padded(items))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The earlier model card's file helpers
+    def waveform_to_audiofile(self, waveform: torch.Tensor, path: PathLike) -> None:
+        """Writes one mono signal to an audio file at the model's rate.
+
+        Args:
+            waveform: (1, 1, samples), (1, samples) or (samples,), as `decode` returns for one signal.
+            path: The file to write, its format by extension (.wav, .flac, .ogg, ...); its folder must exist.
+        """
+        write_audio(path, waveform, self.sampling_rate)
+
+    save_tensor = staticmethod(save_tensor)
+    load_tensor = staticmethod(load_tensor)
+
+
+__all__ = ["DacConfig", "DacModel", "DacEncoderOutput", "DacOutput", "load_audio"]

@@ -1,0 +1,191 @@
+"""The `dac-codec` command line on a folder tree of real audio in several formats, rates and channel counts, with
+corrupt and empty files among them; `.dac` files both ways with the original package; the installed package."""
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from conftest import tiny_model
+
+pytest.importorskip("scipy", reason="the command line's loudness filters: requirements-cli.txt")
+pytest.importorskip("tqdm", reason="the command line's progress bar: requirements-cli.txt")
+import convert_checkpoint  # noqa: E402
+
+cli = __import__("dac_codec.cli", fromlist=["cli"])
+DacFile = __import__("dac_codec.dac_file", fromlist=["dac_file"]).DacFile
+ROOT = Path(__file__).resolve().parents[1]
+ALSA = Path("/usr/share/sounds/alsa/Front_Center.wav")  # a human voice, 48 kHz mono, where alsa-utils is installed
+
+
+def tone(seconds, rate, channels, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    x = np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) + 0.02 * rng.standard_normal(t.shape)
+                  for c in range(channels)], axis=1)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A model folder and an audio tree: good files of several formats, rates and channel counts, and bad ones."""
+    root = tmp_path_factory.mktemp("cli")
+    convert_checkpoint.write_model_folder(tiny_model(), root / "model")
+    data = root / "data"
+    (data / "music" / "live").mkdir(parents=True)
+    soundfile.write(data / "speech.wav", tone(0.7, 16000, 1, 0), 16000)
+    soundfile.write(data / "music" / "stereo.flac", tone(1.1, 22050, 2, 1), 22050)
+    soundfile.write(data / "music" / "live" / "take.ogg", tone(0.5, 8000, 1, 2), 8000)
+    if ALSA.is_file():
+        data.joinpath("voice.wav").write_bytes(ALSA.read_bytes())
+    soundfile.write(data / "empty.wav", np.zeros((0, 1), np.float32), 16000)
+    (data / "corrupt.flac").write_bytes(np.random.default_rng(3).bytes(3000))
+    (data / "notes.txt").write_text("not audio, not an audio suffix: left alone")
+    return root
+
+
+def run(*args):
+    return cli.main([str(a) for a in args])
+
+
+def test_encode_and_decode_a_folder_tree(tree, tmp_path, capsys):
+    model = tree / "model"
+    assert run("encode", tree / "data", "--output", tmp_path / "codes", "--model", model) == 1  # two bad files
+    err = capsys.readouterr().err
+    assert "empty.wav" in err and "corrupt.flac" in err and "2 failed" in err
+    good = sorted(p.relative_to(tree / "data") for p in (tree / "data").rglob("*")
+                  if p.suffix in (".wav", ".flac", ".ogg") and p.name not in ("empty.wav", "corrupt.flac"))
+    dac_files = sorted(p.relative_to(tmp_path / "codes") for p in (tmp_path / "codes").rglob("*.dac"))
+    assert dac_files == [p.with_suffix(".dac") for p in good]  # the tree mirrored, nothing else written
+    assert not list((tmp_path / "codes").rglob("*.partial"))
+
+    assert run("encode", tree / "data", "--output", tmp_path / "codes", "--model", model) == 1
+    assert f"0 done, {len(good)} skipped" in capsys.readouterr().err  # existing outputs are kept
+
+    assert run("decode", tmp_path / "codes", "--output", tmp_path / "audio") == 0  # the model the files name
+    for relative in good:
+        original = soundfile.info(tree / "data" / relative)
+        decoded = soundfile.info(tmp_path / "audio" / relative.with_suffix(".wav"))
+        assert (decoded.samplerate, decoded.channels, decoded.frames) == (
+            original.samplerate, original.channels, original.frames), relative
+
+    assert run("info", tmp_path / "codes" / "music" / "stereo.dac") == 0
+    out = capsys.readouterr().out
+    assert "channels: 2" in out and "sample rate: 22050 Hz" in out and "codebooks: 4" in out and "kbps" in out
+
+
+def test_codes_are_those_of_encode_on_each_normalised_channel(tree, tmp_path):
+    """With --no-normalize a mono file at the model's rate gives exactly `model.encode(file)`'s codes."""
+    run("encode", tree / "data" / "speech.wav", "--output", tmp_path, "--model", tree / "model", "--no-normalize")
+    model = convert_checkpoint.DacModel.from_pretrained(tree / "model")
+    assert torch.equal(DacFile.load(tmp_path / "speech.dac").codes, model.encode(tree / "data" / "speech.wav").codes)
+
+
+def test_missing_model_is_one_line(tree, tmp_path, capsys):
+    env_offline = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        assert run("encode", tree / "data" / "speech.wav", "--output", tmp_path, "--model", "no-org/no-model") == 1
+    finally:
+        os.environ.pop("HF_HUB_OFFLINE") if env_offline is None else os.environ.update(HF_HUB_OFFLINE=env_offline)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Hugging Face Hub" in err[0] and "local folder" in err[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# With the original package
+@pytest.fixture(scope="module")
+def reference_pair(tmp_path_factory):
+    """The original's tiny 16 kHz model with perturbed weights, and the same model as our folder."""
+    dac = pytest.importorskip("dac", reason="the reference package is a test dependency")
+    from random_weights import perturb
+
+    root = tmp_path_factory.mktemp("original")
+    torch.manual_seed(0)
+    reference = perturb(dac.model.DAC(encoder_dim=4, encoder_rates=[2, 4, 5, 8], decoder_dim=32,
+                                      decoder_rates=[8, 5, 4, 2], n_codebooks=4, codebook_size=16, codebook_dim=4,
+                                      sample_rate=16000), gain=1.2)
+    reference.save(str(root / "weights.pth"), package=False)
+    convert_checkpoint.convert(str(root / "weights.pth"), str(root / "model"))
+    return reference, root / "model"
+
+
+def test_the_original_decompresses_our_files_as_we_decode_them(reference_pair, tmp_path):
+    from dac.model.base import DACFile
+
+    reference, model = reference_pair
+    # 1.31 s: the original's decompress fails where the 16 kHz decoder's last 8 samples fall short of the input
+    soundfile.write(tmp_path / "in.wav", tone(1.31, 16000, 2, 5), 16000)
+    assert run("encode", tmp_path / "in.wav", "--output", tmp_path, "--model", model) == 0
+    assert run("decode", tmp_path / "in.dac", "--output", tmp_path / "ours") == 0
+    ours, _ = soundfile.read(tmp_path / "ours" / "in.wav", dtype="float32", always_2d=True)
+    theirs = reference.decompress(DACFile.load(tmp_path / "in.dac")).audio_data[0].numpy().T
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() <= 1e-3
+
+
+def test_we_decode_the_originals_padded_files_as_it_does(reference_pair, tmp_path):
+    from audiotools import AudioSignal
+
+    reference, model = reference_pair
+    audio = torch.from_numpy(tone(1.31, 16000, 2, 6).T)[None]  # (1, channels, time)
+    compressed = reference.compress(AudioSignal(audio, 16000), win_duration=5.0)  # one padded pass
+    path = compressed.save(tmp_path / "theirs")
+    expected = reference.decompress(compressed).audio_data[0].numpy().T
+    assert run("decode", path, "--output", tmp_path / "ours", "--model", model) == 0
+    ours, _ = soundfile.read(tmp_path / "ours" / "theirs.wav", dtype="float32", always_2d=True)
+    assert ours.shape == expected.shape
+    assert np.abs(ours - expected).max() <= 1e-3
+
+    # and our encoding of the same audio gives the original's codes
+    soundfile.write(tmp_path / "in.wav", audio[0].numpy().T, 16000, subtype="FLOAT")
+    run("encode", tmp_path / "in.wav", "--output", tmp_path / "codes", "--model", model)
+    ours_codes = DacFile.load(tmp_path / "codes" / "in.dac").codes
+    assert (ours_codes == compressed.codes).float().mean() >= 0.99  # near-ties may flip with the gain's last bits
+
+
+def test_windowed_files_of_the_original_are_reported(reference_pair, tmp_path, capsys):
+    from audiotools import AudioSignal
+
+    reference, model = reference_pair
+    compressed = reference.compress(AudioSignal(torch.from_numpy(tone(4.0, 16000, 1, 7).T)[None], 16000),
+                                    win_duration=2.0)
+    assert not compressed.padding
+    path = compressed.save(tmp_path / "windowed")
+    assert run("decode", path, "--output", tmp_path / "out", "--model", model) == 1
+    assert "unpadded windows" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The installed package
+def test_installed_package_has_a_working_command(tree, tmp_path):
+    """`pip install .` into a fresh venv (pip, setuptools and the dependencies taken from this environment, nothing
+    downloaded):
+    `from dac_codec import DacModel`, and `dac-codec` encodes and decodes."""
+    target = tmp_path / "venv"
+    venv.create(target, with_pip=False)  # pip and setuptools come from this environment too
+    python = target / "bin" / "python"
+    site = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    ours = next(p for p in map(Path, sys.path) if (p / "torch").is_dir() and p.name == "site-packages")
+    Path(site, "outer.pth").write_text(str(ours) + "\n")  # torch, transformers, ... from this environment
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--no-index", str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    command = target / "bin" / "dac-codec"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    assert subprocess.run([command, "--help"], capture_output=True, env=env).returncode == 0
+    check = "from dac_codec import DacModel, DacFile; import dac_codec; print(dac_codec.__file__)"
+    where = subprocess.run([python, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert where.returncode == 0 and str(target) in where.stdout, where.stderr
+    for args in (["encode", tree / "data" / "speech.wav", "--output", tmp_path / "c", "--model", tree / "model"],
+                 ["decode", tmp_path / "c", "--output", tmp_path / "a"]):
+        done = subprocess.run([command, *map(str, args)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert soundfile.info(tmp_path / "a" / "speech.wav").frames == soundfile.info(tree / "data" / "speech.wav").frames

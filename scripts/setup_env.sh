@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with the runtime needs; with --test also pytest and the reference package (a test dependency only).
+# Creates .venv with the runtime needs, the command line and this package; with --test also pytest and the
+# reference package (a test dependency only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -13,5 +14,7 @@ if [[ "${1:-}" == "--test" ]]; then
   # torchaudio's binaries are CUDA builds that fail to load beside CPU torch; without them it uses pure Python.
   rm -f .venv/lib/python*/site-packages/torchaudio/lib/*.so
 else
-  $PIP install -q -c constraints.txt -r requirements.txt
+  $PIP install -q -c constraints.txt -r requirements.txt -r requirements-cli.txt
 fi
+# This repo as the package `dac_codec`, editable, with the `dac-codec` command (its needs are installed above).
+$PIP install -q -c constraints.txt --no-deps -e .

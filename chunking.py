@@ -384,6 +384,29 @@ def decode_windows(decoder: nn.Module, latents: Latents, chunk: Optional[int], g
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The original's unpadded windows (its `.dac` files with padding=False)
+def _unpadded(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`conv` without its zero padding, as the original runs its layers for windowed files."""
+    if isinstance(conv, nn.ConvTranspose1d):
+        return nn.functional.conv_transpose1d(x, conv.weight, conv.bias, conv.stride, 0, dilation=conv.dilation)
+    return nn.functional.conv1d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation)
+
+
+def decode_unpadded(decoder: nn.Module, z_q: torch.Tensor) -> torch.Tensor:
+    """The original's decoder with every convolution's padding off (`model.padding = False`), on one window of
+    latent frames (batch, latent_dim, n): residual units add the centre of their input to their shorter branch.
+    Its windowed `.dac` files decode window by window this way, and the audio is the windows one after another."""
+    x = _unpadded(decoder.conv1, z_q)
+    for block in decoder.block:
+        x = _unpadded(block.conv_t1, block.snake1(x))
+        for unit in (block.res_unit1, block.res_unit2, block.res_unit3):
+            y = _unpadded(unit.conv2, unit.snake2(_unpadded(unit.conv1, unit.snake1(x))))
+            crop = (x.shape[-1] - y.shape[-1]) // 2
+            x = y + (x[..., crop : x.shape[-1] - crop] if crop > 0 else x)
+    return torch.tanh(_unpadded(decoder.conv2, decoder.snake1(x)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Overlap-averaged decoding (approximate)
 def decode_overlap_average(
     decoder: nn.Module, latents: Latents, chunk: int, overlap_rate: float, geometry: CodecGeometry

@@ -8,8 +8,8 @@ An INPUT is a file or a folder, walked recursively; each file becomes DIR/<its p
 name> with the suffix `.dac` (encode) or `.wav` (decode). Files stream from disk in blocks, so memory stays flat
 whatever their length. Encoding does what the original's `compress` does before its single padded pass: it
 measures the loudness at the model's rate, normalises to -16 LUFS (`--no-normalize` leaves the level alone), keeps
-every channel's peak within 1 and encodes each channel on its own; decoding restores each channel's loudness,
-resamples to the file's rate and length. Existing outputs are skipped unless --overwrite; a file that cannot be
+every channel's peak within 1 and encodes each channel on its own; decoding (our files, and the original's padded
+and windowed ones) restores each channel's loudness, resamples to the file's rate and length. Existing outputs are skipped unless --overwrite; a file that cannot be
 done is reported with its path and the reason, the others are done, and the command exits with status 1.
 """
 
@@ -28,6 +28,7 @@ import soundfile
 import torch
 
 from .audio_io import prepare_blocks
+from .chunking import decode_unpadded
 from .dac_file import DacFile
 from .loading import load_model
 
@@ -89,9 +90,6 @@ def decode_file(model, path: Path, output: Path) -> float:
     from .loudness import LoudnessMeter
 
     dac = DacFile.load(path)
-    if not dac.padding:
-        raise ValueError("it was encoded in unpadded windows (the original's compress of long audio), which this "
-                         "version does not decode yet")
     if dac.codes.shape[0] != dac.channels:
         raise ValueError(f"it holds {dac.codes.shape[0]} signals for {dac.channels} channels; batches are not "
                          "supported")
@@ -102,7 +100,7 @@ def decode_file(model, path: Path, output: Path) -> float:
         meters = [LoudnessMeter(rate) for _ in range(channels)]
         decoded = Path(temporary) / "decoded.wav"
         with soundfile.SoundFile(decoded, "w", samplerate=rate, channels=channels, subtype="FLOAT") as file:
-            for audio in model.decode_stream(dac.codes.split(model.config.decoding_chunk_size or 1024, dim=-1)):
+            for audio in _decoded(model, dac):
                 audio = audio[:, 0].float().cpu().numpy()  # (C, 1, t) -> (C, t)
                 for meter, channel in zip(meters, audio):
                     meter.add(channel[None])
@@ -127,6 +125,18 @@ def decode_file(model, path: Path, output: Path) -> float:
 
         _write_atomically(output, write)
     return dac.original_length / dac.sample_rate
+
+
+def _decoded(model, dac: DacFile) -> Iterator[torch.Tensor]:
+    """The audio (channels, 1, t) of a `.dac` file at the model's rate, piece by piece: our padded files (and the
+    original's single-pass ones) as one stream; the original's unpadded windows one window at a time, as it does."""
+    codes = dac.codes.to(model.device)
+    if dac.padding:
+        yield from model.decode_stream(codes.split(model.config.decoding_chunk_size or 1024, dim=-1))
+        return
+    with torch.inference_mode():
+        for window in codes.split(dac.chunk_length, dim=-1):
+            yield decode_unpadded(model.decoder, model.quantizer.from_codes(window))
 
 
 def _write_atomically(output: Path, write) -> None:

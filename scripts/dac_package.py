@@ -1,7 +1,7 @@
-"""Imports the repo-root modules as the package `dac_codec`, and names the files that make up the model.
+"""Imports this checkout as the package `dac_codec`, and names the files that make up the model.
 
-The root modules are Hugging Face remote code: they import each other relatively and have no package of their own.
-Scripts and tests reach them through this namespace package, as transformers' loader does through its module cache.
+The root modules are also Hugging Face remote code: they import each other relatively, so they work as the package
+that `pip install .` makes and as the flat folder of a Hub repo.
 """
 
 import importlib
@@ -30,9 +30,18 @@ MODEL_FILES = _model_files()
 
 
 def load():
-    """The `modeling_dac` module (DacModel, DacConfig, ...)."""
+    """The `modeling_dac` module (DacModel, DacConfig, ...) of this checkout, as the package `dac_codec`: the
+    installed package where it is this checkout (`scripts/setup_env.sh` installs it editable), as users import it;
+    otherwise a namespace package over the repo root."""
     if "dac_codec" not in sys.modules:
-        package = types.ModuleType("dac_codec")
-        package.__path__ = [str(ROOT)]
-        sys.modules["dac_codec"] = package
+        try:
+            package = importlib.import_module("dac_codec")
+            if Path(package.__file__).resolve().parent != ROOT:
+                raise ImportError(f"dac_codec is installed from {package.__file__}, not from this checkout")
+        except ImportError:
+            for name in [m for m in sys.modules if m == "dac_codec" or m.startswith("dac_codec.")]:
+                del sys.modules[name]
+            package = types.ModuleType("dac_codec")
+            package.__path__ = [str(ROOT)]
+            sys.modules["dac_codec"] = package
     return importlib.import_module("dac_codec.modeling_dac")

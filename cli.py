@@ -9,8 +9,9 @@ name> with the suffix `.dac` (encode) or `.wav` (decode). Files stream from disk
 whatever their length. Encoding does what the original's `compress` does before its single padded pass: it
 measures the loudness at the model's rate, normalises to -16 LUFS (`--no-normalize` leaves the level alone), keeps
 every channel's peak within 1 and encodes each channel on its own; decoding (our files, and the original's padded
-and windowed ones) restores each channel's loudness, resamples to the file's rate and length. Existing outputs are skipped unless --overwrite; a file that cannot be
-done is reported with its path and the reason, the others are done, and the command exits with status 1.
+and windowed ones) restores each channel's loudness, resamples to the file's rate and length. Existing outputs are
+skipped unless --overwrite; a file that cannot be done is reported with its path and the reason, the others are
+done, and the command exits with status 1.
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ def decode_file(model, path: Path, output: Path) -> float:
     from .loudness import LoudnessMeter
 
     dac = DacFile.load(path)
+    made_by = {k: (dac.model or {}).get(k) for k in ("sampling_rate", "hop_length", "codebook_size")}
+    ours = {"sampling_rate": model.config.sampling_rate, "hop_length": model.config.hop_length,
+            "codebook_size": model.config.codebook_size}
+    if any(value is not None and value != ours[key] for key, value in made_by.items()):
+        raise ValueError(f"it was made by {(dac.model or {}).get('name')!r} ({made_by}), another model than the "
+                         f"one given ({ours}); pass that one with --model")
     if dac.codes.shape[0] != dac.channels:
         raise ValueError(f"it holds {dac.codes.shape[0]} signals for {dac.channels} channels; batches are not "
                          "supported")

@@ -74,6 +74,11 @@ def test_encode_and_decode_a_folder_tree(tree, tmp_path, capsys):
         assert (decoded.samplerate, decoded.channels, decoded.frames) == (
             original.samplerate, original.channels, original.frames), relative
 
+    other = tmp_path / "model44"
+    convert_checkpoint.write_model_folder(tiny_model("44khz"), other)
+    assert run("decode", tmp_path / "codes" / "speech.dac", "--output", tmp_path / "x", "--model", other) == 1
+    assert "another model than the one given" in capsys.readouterr().err
+
     assert run("info", tmp_path / "codes" / "music" / "stereo.dac") == 0
     out = capsys.readouterr().out
     assert "channels: 2" in out and "sample rate: 22050 Hz" in out and "codebooks: 4" in out and "kbps" in out

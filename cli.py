@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import soundfile
@@ -52,16 +52,20 @@ def find_inputs(inputs: list[str], suffixes: set[str]) -> list[tuple[Path, Path]
     return found
 
 
-def _channel_blocks(path: Path, rate: int, gains: Optional[np.ndarray] = None) -> Iterator[np.ndarray]:
-    """The file's samples (channels, 1, t) in blocks, each channel an item, scaled by `gains` (channels,)."""
+def _channel_blocks(path: Path, rate: int, gains: Optional[np.ndarray] = None,
+                    progress: Callable[[float], None] = lambda seconds: None) -> Iterator[np.ndarray]:
+    """The file's samples (channels, 1, t) in blocks, each channel an item, scaled by `gains` (channels,); calls
+    `progress` with each block's seconds."""
     for block in soundfile.blocks(path, blocksize=max(1, int(BLOCK_SECONDS * rate)), dtype="float32",
                                   always_2d=True):
         block = block.T[:, None, :]  # (t, C) -> (C, 1, t)
         yield block if gains is None else block * gains[:, None, None].astype(np.float32)
+        progress(block.shape[-1] / rate)
 
 
-def encode_file(model, path: Path, output: Path, n_quantizers: Optional[int], normalize: bool, name: str) -> float:
-    """Writes the `.dac` file of one audio file; returns its duration in seconds."""
+def encode_file(model, path: Path, output: Path, n_quantizers: Optional[int], normalize: bool, name: str,
+                progress: Callable[[float], None] = lambda seconds: None) -> None:
+    """Writes the `.dac` file of one audio file, calling `progress` with the seconds encoded as it goes."""
     from .loudness import LoudnessMeter
 
     info = soundfile.info(path)
@@ -75,7 +79,7 @@ def encode_file(model, path: Path, output: Path, n_quantizers: Optional[int], no
     input_db = meter.loudness()
     gain = 10 ** ((TARGET_DB - input_db) / 20) if normalize else 1.0
     gains = gain * np.minimum(1.0, 1.0 / np.maximum(gain * peaks, 1e-30))  # no channel's peak above 1
-    blocks = prepare_blocks(_channel_blocks(path, info.samplerate, gains), info.samplerate, rate)
+    blocks = prepare_blocks(_channel_blocks(path, info.samplerate, gains, progress), info.samplerate, rate)
     codes = torch.cat(list(model.encode_stream(blocks, rate, n_quantizers=n_quantizers)), dim=-1)
     written = DacFile(codes=codes.cpu(), chunk_length=codes.shape[-1], original_length=info.frames,
                       input_db=torch.tensor([input_db], dtype=torch.float32), channels=info.channels,
@@ -83,11 +87,11 @@ def encode_file(model, path: Path, output: Path, n_quantizers: Optional[int], no
                       model={"name": name, "sampling_rate": rate, "hop_length": model.config.hop_length,
                              "codebook_size": model.config.codebook_size})
     _write_atomically(output, written.save)
-    return info.frames / info.samplerate
 
 
-def decode_file(model, path: Path, output: Path) -> float:
-    """Writes the audio of one `.dac` file at its original rate, channels and length; returns its duration."""
+def decode_file(model, path: Path, output: Path, progress: Callable[[float], None] = lambda seconds: None) -> None:
+    """Writes the audio of one `.dac` file at its original rate, channels and length, calling `progress` with the
+    seconds written as it goes."""
     from .loudness import LoudnessMeter
 
     dac = DacFile.load(path)
@@ -127,11 +131,11 @@ def decode_file(model, path: Path, output: Path) -> float:
                     block = block[:, 0, :remaining].numpy()
                     file.write(block.T)
                     remaining -= block.shape[-1]
+                    progress(block.shape[-1] / dac.sample_rate)
                 if remaining > 0:  # the 16 and 24 kHz decoders return up to 8 samples less
                     file.write(np.zeros((remaining, channels), np.float32))
 
         _write_atomically(output, write)
-    return dac.original_length / dac.sample_rate
 
 
 def _decoded(model, dac: DacFile) -> Iterator[torch.Tensor]:
@@ -144,6 +148,15 @@ def _decoded(model, dac: DacFile) -> Iterator[torch.Tensor]:
     with torch.inference_mode():
         for window in codes.split(dac.chunk_length, dim=-1):
             yield decode_unpadded(model.decoder, model.quantizer.from_codes(window))
+
+
+def _seconds(path: Path) -> float:
+    """The duration of an audio file, 0 where it cannot be read (it is reported when its turn comes)."""
+    try:
+        info = soundfile.info(path)
+        return info.frames / info.samplerate
+    except Exception:
+        return 0.0
 
 
 def _write_atomically(output: Path, write) -> None:
@@ -225,22 +238,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
 
     failed, done, skipped = [], 0, 0
-    with tqdm(jobs, unit="file", desc=args.command) as bar:
-        seconds = 0.0
-        for path, relative in bar:
+    total = sum(_seconds(path) for path, _ in jobs) if args.command == "encode" else None
+    with tqdm(total=total, unit="s", unit_scale=True, desc=f"{args.command} (audio)") as bar:
+        for index, (path, relative) in enumerate(jobs):
+            bar.set_postfix({"file": f"{index + 1}/{len(jobs)}"})
             output = Path(args.output) / relative.with_suffix(".dac" if args.command == "encode" else ".wav")
             if output.exists() and not args.overwrite:
                 skipped += 1
+                bar.update(_seconds(path) if args.command == "encode" else 0)
                 continue
             try:
                 if args.command == "encode":
-                    seconds += encode_file(model, path, output, args.n_quantizers, not args.no_normalize, name)
+                    encode_file(model, path, output, args.n_quantizers, not args.no_normalize, name, bar.update)
                 else:
-                    seconds += decode_file(model, path, output)
+                    decode_file(model, path, output, bar.update)
                 done += 1
             except Exception as error:  # one bad file is reported; the others are done
                 failed.append(f"{path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
-            bar.set_postfix({"audio": f"{seconds:.1f} s"})
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     print(f"{args.command}: {done} done, {skipped} skipped (exist; --overwrite redoes them), {len(failed)} failed",

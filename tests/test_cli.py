@@ -38,9 +38,10 @@ def tree(tmp_path_factory):
     convert_checkpoint.write_model_folder(tiny_model(), root / "model")
     data = root / "data"
     (data / "music" / "live").mkdir(parents=True)
-    soundfile.write(data / "speech.wav", tone(0.7, 16000, 1, 0), 16000)
+    soundfile.write(data / "tone.wav", tone(0.7, 16000, 1, 0), 16000)
     soundfile.write(data / "music" / "stereo.flac", tone(1.1, 22050, 2, 1), 22050)
     soundfile.write(data / "music" / "live" / "take.ogg", tone(0.5, 8000, 1, 2), 8000)
+    data.joinpath("speech.flac").write_bytes((ROOT / "samples" / "speech.flac").read_bytes())  # 22.05 kHz speech
     if ALSA.is_file():
         data.joinpath("voice.wav").write_bytes(ALSA.read_bytes())
     soundfile.write(data / "empty.wav", np.zeros((0, 1), np.float32), 16000)
@@ -76,7 +77,7 @@ def test_encode_and_decode_a_folder_tree(tree, tmp_path, capsys):
 
     other = tmp_path / "model44"
     convert_checkpoint.write_model_folder(tiny_model("44khz"), other)
-    assert run("decode", tmp_path / "codes" / "speech.dac", "--output", tmp_path / "x", "--model", other) == 1
+    assert run("decode", tmp_path / "codes" / "tone.dac", "--output", tmp_path / "x", "--model", other) == 1
     assert "another model than the one given" in capsys.readouterr().err
 
     assert run("info", tmp_path / "codes" / "music" / "stereo.dac") == 0
@@ -86,16 +87,16 @@ def test_encode_and_decode_a_folder_tree(tree, tmp_path, capsys):
 
 def test_codes_are_those_of_encode_on_each_normalised_channel(tree, tmp_path):
     """With --no-normalize a mono file at the model's rate gives exactly `model.encode(file)`'s codes."""
-    run("encode", tree / "data" / "speech.wav", "--output", tmp_path, "--model", tree / "model", "--no-normalize")
+    run("encode", tree / "data" / "tone.wav", "--output", tmp_path, "--model", tree / "model", "--no-normalize")
     model = convert_checkpoint.DacModel.from_pretrained(tree / "model")
-    assert torch.equal(DacFile.load(tmp_path / "speech.dac").codes, model.encode(tree / "data" / "speech.wav").codes)
+    assert torch.equal(DacFile.load(tmp_path / "tone.dac").codes, model.encode(tree / "data" / "tone.wav").codes)
 
 
 def test_missing_model_is_one_line(tree, tmp_path, capsys):
     env_offline = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        assert run("encode", tree / "data" / "speech.wav", "--output", tmp_path, "--model", "no-org/no-model") == 1
+        assert run("encode", tree / "data" / "tone.wav", "--output", tmp_path, "--model", "no-org/no-model") == 1
     finally:
         os.environ.pop("HF_HUB_OFFLINE") if env_offline is None else os.environ.update(HF_HUB_OFFLINE=env_offline)
     err = capsys.readouterr().err.strip().splitlines()
@@ -104,28 +105,30 @@ def test_missing_model_is_one_line(tree, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------------------------
 # With the original package
-@pytest.fixture(scope="module")
-def reference_pair(tmp_path_factory):
-    """The original's tiny 16 kHz model with perturbed weights, and the same model as our folder."""
+@pytest.fixture(scope="module", params=["16khz", "44khz"])
+def reference_pair(tmp_path_factory, request):
+    """The original's tiny model of a released geometry with perturbed weights, the same model as our folder, and
+    its rate."""
     dac = pytest.importorskip("dac", reason="the reference package is a test dependency")
+    from conftest import GEOMETRIES
     from random_weights import perturb
 
+    rates, rate = GEOMETRIES[request.param]
     root = tmp_path_factory.mktemp("original")
     torch.manual_seed(0)
-    reference = perturb(dac.model.DAC(encoder_dim=4, encoder_rates=[2, 4, 5, 8], decoder_dim=32,
-                                      decoder_rates=[8, 5, 4, 2], n_codebooks=4, codebook_size=16, codebook_dim=4,
-                                      sample_rate=16000), gain=1.2)
+    reference = perturb(dac.model.DAC(encoder_dim=4, encoder_rates=rates, decoder_dim=32, decoder_rates=rates[::-1],
+                                      n_codebooks=4, codebook_size=16, codebook_dim=4, sample_rate=rate), gain=1.2)
     reference.save(str(root / "weights.pth"), package=False)
     convert_checkpoint.convert(str(root / "weights.pth"), str(root / "model"))
-    return reference, root / "model"
+    return reference, root / "model", rate
 
 
 def test_the_original_decompresses_our_files_as_we_decode_them(reference_pair, tmp_path):
     from dac.model.base import DACFile
 
-    reference, model = reference_pair
+    reference, model, rate = reference_pair
     # 1.31 s: the original's decompress fails where the 16 kHz decoder's last 8 samples fall short of the input
-    soundfile.write(tmp_path / "in.wav", tone(1.31, 16000, 2, 5), 16000)
+    soundfile.write(tmp_path / "in.wav", tone(1.31, rate, 2, 5), rate)
     assert run("encode", tmp_path / "in.wav", "--output", tmp_path, "--model", model) == 0
     assert run("decode", tmp_path / "in.dac", "--output", tmp_path / "ours") == 0
     ours, _ = soundfile.read(tmp_path / "ours" / "in.wav", dtype="float32", always_2d=True)
@@ -137,9 +140,9 @@ def test_the_original_decompresses_our_files_as_we_decode_them(reference_pair, t
 def test_we_decode_the_originals_padded_files_as_it_does(reference_pair, tmp_path):
     from audiotools import AudioSignal
 
-    reference, model = reference_pair
-    audio = torch.from_numpy(tone(1.31, 16000, 2, 6).T)[None]  # (1, channels, time)
-    compressed = reference.compress(AudioSignal(audio, 16000), win_duration=5.0)  # one padded pass
+    reference, model, rate = reference_pair
+    audio = torch.from_numpy(tone(1.31, rate, 2, 6).T)[None]  # (1, channels, time)
+    compressed = reference.compress(AudioSignal(audio, rate), win_duration=5.0)  # one padded pass
     path = compressed.save(tmp_path / "theirs")
     expected = reference.decompress(compressed).audio_data[0].numpy().T
     assert run("decode", path, "--output", tmp_path / "ours", "--model", model) == 0
@@ -148,7 +151,7 @@ def test_we_decode_the_originals_padded_files_as_it_does(reference_pair, tmp_pat
     assert np.abs(ours - expected).max() <= 1e-3
 
     # and our encoding of the same audio gives the original's codes
-    soundfile.write(tmp_path / "in.wav", audio[0].numpy().T, 16000, subtype="FLOAT")
+    soundfile.write(tmp_path / "in.wav", audio[0].numpy().T, rate, subtype="FLOAT")
     run("encode", tmp_path / "in.wav", "--output", tmp_path / "codes", "--model", model)
     ours_codes = DacFile.load(tmp_path / "codes" / "in.dac").codes
     assert (ours_codes == compressed.codes).float().mean() >= 0.99  # near-ties may flip with the gain's last bits
@@ -158,8 +161,8 @@ def test_we_decode_the_originals_windowed_files_as_it_does(reference_pair, tmp_p
     """Audio longer than the original's window is compressed in unpadded windows (padding=False)."""
     from audiotools import AudioSignal
 
-    reference, model = reference_pair
-    compressed = reference.compress(AudioSignal(torch.from_numpy(tone(4.0, 16000, 2, 7).T)[None], 16000),
+    reference, model, rate = reference_pair
+    compressed = reference.compress(AudioSignal(torch.from_numpy(tone(4.0, rate, 2, 7).T)[None], rate),
                                     win_duration=2.0)
     assert not compressed.padding and compressed.codes.shape[-1] > compressed.chunk_length  # several windows
     path = compressed.save(tmp_path / "windowed")
@@ -192,9 +195,9 @@ def test_installed_package_has_a_working_command(tree, tmp_path):
     check = "from dac_codec import DacModel, DacFile; import dac_codec; print(dac_codec.__file__)"
     where = subprocess.run([python, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert where.returncode == 0 and str(target) in where.stdout, where.stderr
-    for args in (["encode", tree / "data" / "speech.wav", "--output", tmp_path / "c", "--model", tree / "model"],
+    for args in (["encode", tree / "data" / "tone.wav", "--output", tmp_path / "c", "--model", tree / "model"],
                  ["decode", tmp_path / "c", "--output", tmp_path / "a"]):
         done = subprocess.run([command, *map(str, args)], capture_output=True, text=True, env=env, cwd=tmp_path,
                               timeout=300)
         assert done.returncode == 0, done.stderr
-    assert soundfile.info(tmp_path / "a" / "speech.wav").frames == soundfile.info(tree / "data" / "speech.wav").frames
+    assert soundfile.info(tmp_path / "a" / "tone.wav").frames == soundfile.info(tree / "data" / "tone.wav").frames

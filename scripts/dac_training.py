@@ -130,6 +130,16 @@ def _conv(conv: nn.Module, act: bool = True) -> nn.Module:
     return nn.Sequential(conv, nn.LeakyReLU(0.1)) if act else conv
 
 
+def _feature_maps(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every conv's output in turn, then the logits of `post`."""
+    fmap = []
+    for layer in convs:
+        x = layer(x)
+        fmap.append(x)
+    fmap.append(post(x))
+    return fmap
+
+
 class MPD(nn.Module):
     """Multi-period discriminator: the waveform folded into columns of `period` samples, 2-D convolutions along
     them."""
@@ -148,12 +158,7 @@ class MPD(nn.Module):
         # Always pads, a whole period when the length is a multiple of it, as the original does.
         x = F.pad(x, (0, self.period - x.shape[-1] % self.period), mode="reflect")
         x = x.view(x.shape[0], x.shape[1], -1, self.period)  # (B, C, T) -> (B, C, T / p, p)
-        fmap = []
-        for layer in self.convs:
-            x = layer(x)
-            fmap.append(x)
-        fmap.append(self.conv_post(x))
-        return fmap
+        return _feature_maps(self.convs, self.conv_post, x)
 
 
 class MSD(nn.Module):
@@ -172,12 +177,7 @@ class MSD(nn.Module):
         self.conv_post = _conv(nn.Conv1d(1024, 1, 3, 1, padding=1), act=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        fmap = []
-        for layer in self.convs:
-            x = layer(x)
-            fmap.append(x)
-        fmap.append(self.conv_post(x))
-        return fmap
+        return _feature_maps(self.convs, self.conv_post, x)
 
 
 class MRD(nn.Module):

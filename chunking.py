@@ -360,6 +360,12 @@ def encode_windows(
         z = y.new_empty(batch, y.shape[2], n_frames) if z is None else z
         for (start, keep, stop), y_k in zip(windows, y):
             z[..., keep:stop] = y_k[..., keep - start : stop - start]
+    return quantize_frames(quantizer, z, n_quantizers)
+
+
+def quantize_frames(quantizer: nn.Module, z: torch.Tensor, n_quantizers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_q, codes) of latent frames (batch, latent_dim, frames), quantized in wide pieces (every frame is
+    quantized on its own, so any split gives the same codes)."""
     z_q, codes = zip(*(quantizer(piece, n_quantizers)[:2] for piece in z.split(64 * QUANTIZE_FRAMES, -1)))
     return torch.cat(z_q, -1), torch.cat(codes, -1)
 
@@ -381,6 +387,89 @@ def decode_windows(decoder: nn.Module, latents: Latents, chunk: Optional[int], g
             end = min(stop * hop, audio.shape[-1])  # the last frames of 16 and 24 kHz are 8 samples short
             audio[..., keep * hop : end] = y_k[..., (keep - start) * hop : end - start * hop]
     return audio
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Packed windows: many signals of different lengths in full batches
+PACK_CHUNKS = (512, 128)  # frames kept per window, longest first: a signal takes the longest windows that fit it
+
+
+def plan_packed_windows(
+    n_frames: list[int], chunks: tuple[int, ...], context: tuple[int, int]
+) -> dict[int, list[tuple[int, int, int, int]]]:
+    """Windows of many signals, grouped by length so that signals of different lengths fill batches together.
+
+    Each signal takes the longest windows (keeping one of `chunks` frames each, with their `context`) that fit
+    inside it, planned as `plan_context_windows`; a signal shorter than every window is one window of its own
+    length. No window crosses a signal's end, so padding never enters a kept output.
+
+    Returns:
+        {window length: [(signal, window_start, keep_start, keep_stop), ...]}.
+    """
+    left, right = context
+    chunks = tuple(max(chunk, MIN_CHUNK_OVER_CONTEXT * (left + right)) for chunk in chunks)
+    groups: dict[int, list[tuple[int, int, int, int]]] = {}
+    for signal, n in enumerate(n_frames):
+        chunk = next((c for c in chunks if c + left + right <= n), n)
+        for start, keep, stop in plan_context_windows(n, chunk, left, right):
+            groups.setdefault(min(n, chunk + left + right), []).append((signal, start, keep, stop))
+    return groups
+
+
+def run_packed(
+    net: nn.Module, signals: list[torch.Tensor], n_frames: list[int], context: tuple[int, int], width: int,
+    step_in: int, step_out: int, out_lengths: list[int], chunks: tuple[int, ...] = PACK_CHUNKS,
+) -> list[torch.Tensor]:
+    """A fully convolutional `net` (the encoder or the decoder) on many signals at once, as batches of windows of
+    one length that stay within BATCH_ELEMENTS (`width` elements a frame).
+
+    Args:
+        signals: Inputs (1, C, n_frames[i] * step_in), `step_in` steps a frame.
+        out_lengths: Output steps of each signal (`step_out` a frame; the last frame may be shorter).
+
+    Returns:
+        Outputs (1, C', out_lengths[i]), each equal to `net` on that signal alone, up to float rounding.
+    """
+    outputs: list[Optional[torch.Tensor]] = [None] * len(signals)
+    for length, windows in plan_packed_windows(n_frames, chunks, context).items():
+        size = max(1, BATCH_ELEMENTS // (length * width))
+        for i in range(0, len(windows), size):
+            batch = windows[i : i + size]
+            y = net(torch.cat([signals[s][..., start * step_in : (start + length) * step_in]
+                               for s, start, _, _ in batch]))
+            for (s, start, keep, stop), y_k in zip(batch, y):
+                if outputs[s] is None:
+                    outputs[s] = y.new_empty(y.shape[1], out_lengths[s])
+                end = min(stop * step_out, out_lengths[s])
+                outputs[s][:, keep * step_out : end] = y_k[:, (keep - start) * step_out : end - start * step_out]
+    return [output[None] for output in outputs]
+
+
+def encode_packed(
+    encoder: nn.Module, quantizer: nn.Module, signals: list[torch.Tensor], n_quantizers: int,
+    geometry: CodecGeometry, chunks: tuple[int, ...] = PACK_CHUNKS,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(z_q, codes) of each of many model-rate signals (1, 1, t_i) of any lengths, packed into full batches of
+    windows; each equals the encoding of that signal alone (codes identical, as for `encode_windows`)."""
+    hop = geometry.hop_length
+    n_frames = [geometry.num_frames(x.shape[-1]) for x in signals]
+    padded = [nn.functional.pad(x, (0, n * hop - x.shape[-1])) for x, n in zip(signals, n_frames)]
+    z = run_packed(encoder, padded, n_frames, geometry.encoder_context, geometry.encoder_width, hop, 1, n_frames,
+                   chunks)
+    z_q, codes = quantize_frames(quantizer, torch.cat(z, -1), n_quantizers)
+    return list(zip(z_q.split(n_frames, -1), codes.split(n_frames, -1)))
+
+
+def decode_packed(
+    decoder: nn.Module, quantizer: nn.Module, codes: list[torch.Tensor], geometry: CodecGeometry,
+    chunks: tuple[int, ...] = PACK_CHUNKS,
+) -> list[torch.Tensor]:
+    """Audio (1, 1, samples_i) of each of many codes (1, n_i, frames_i), packed into full batches of windows; each
+    equals the decoding of those codes alone, up to float rounding (about 1e-6)."""
+    n_frames = [c.shape[-1] for c in codes]
+    latents = [quantizer.from_codes(c) for c in codes]
+    return run_packed(decoder, latents, n_frames, geometry.decoder_context, geometry.decoder_width, 1,
+                      geometry.hop_length, [geometry.num_samples(n) for n in n_frames], chunks)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from .audio_io import (
     load_tensor, prepare_audio, prepare_blocks, save_tensor, write_audio, write_audio_pieces,
 )
 from .chunking import (
-    CodecGeometry, Latents, decode_blocks, decode_overlap_average, decode_streamed, decode_windows, encode_blocks,
-    encode_streamed, encode_windows, stack_padded, stream_decode,
+    PACK_CHUNKS, CodecGeometry, Latents, decode_blocks, decode_overlap_average, decode_streamed, decode_windows,
+    encode_blocks, encode_packed, encode_streamed, encode_windows, stack_padded, stream_decode,
 )
 from .configuration_dac import DECODING_MODES, DacConfig, check_chunk_size
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
@@ -397,10 +397,19 @@ class DacModel(PreTrainedModel):
         return codes.to(self.device, torch.long)
 
     def _encode_padded_batch(self, audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths) -> DacEncoderOutput:
-        """Encodes each item of a padded batch on its own, so padding never leaks into an item's codes."""
+        """Encodes each item of a padded batch as if alone, so padding never leaks into an item's codes; on an
+        accelerator the items' windows are packed into full batches."""
         lengths = check_lengths(lengths, audio)
-        items = [self.encode(audio[i : i + 1, :, :n], sample_rate, n_quantizers, chunk_size_in_sec)
-                 for i, n in enumerate(lengths)]
+        if self.device.type == "cpu":
+            items = [self.encode(audio[i : i + 1, :, :n], sample_rate, n_quantizers, chunk_size_in_sec)
+                     for i, n in enumerate(lengths)]
+            return DacEncoderOutput(*stack_padded(items))
+        n_quantizers = self._n_quantizers(n_quantizers)
+        chunk = None if chunk_size_in_sec is None else self._chunk("chunk_size_in_sec", chunk_size_in_sec)
+        chunks = PACK_CHUNKS if chunk is None else (chunk or max(lengths),)  # 0: each item one window
+        signals = [prepare_audio(audio[i : i + 1, :, :n], sample_rate, self.sampling_rate).to(self.device, self.dtype)
+                   for i, n in enumerate(lengths)]
+        items = encode_packed(self.encoder, self.quantizer, signals, n_quantizers, self.geometry, chunks)
         return DacEncoderOutput(*stack_padded(items))
 
     # ----------------------------------------------------------------------------------------------------------

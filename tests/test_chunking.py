@@ -158,6 +158,27 @@ def test_batched_windows_equal_whole(model, small_batches):
         assert (chunking.decode_windows(model.decoder, latents, 3, geometry) - from_codes).abs().max() <= 1e-5
 
 
+@torch.inference_mode()
+def test_packed_windows_equal_each_signal_alone(model, small_batches):
+    """Many signals of different lengths packed into shared batches of windows (the accelerator path of corpus
+    tokenizing and of padded batches) give each signal's own codes, and its own audio back from them."""
+    rate, geometry = model.config.sampling_rate, model.geometry
+    signals = [audio_of(n, seed=n) for n in [*lengths(model.hop_length), 90 * model.hop_length + 5]]
+    chunks = (20, 3)  # with the context of 8 + 8 frames: windows of 36 and 19 frames, and shorter signals whole
+    groups = chunking.plan_packed_windows([geometry.num_frames(x.shape[-1]) for x in signals], chunks,
+                                          geometry.encoder_context)
+    assert len(groups) > 3 and any(len({w[0] for w in windows}) > 1 for windows in groups.values())
+    packed = chunking.encode_packed(model.encoder, model.quantizer, signals, 3, geometry, chunks)
+    decoded = chunking.decode_packed(model.decoder, model.quantizer, [codes for _, codes in packed], geometry,
+                                     chunks)
+    for signal, (z_q, codes), audio in zip(signals, packed, decoded):
+        alone = model.encode(signal, sample_rate=rate, n_quantizers=3)
+        assert torch.equal(codes, alone.codes), signal.shape
+        assert (z_q - alone.z_q).abs().max() <= AUDIO_TOLERANCE * alone.z_q.abs().max()
+        expected = model.decode(s=alone.codes)
+        assert audio.shape == expected.shape and (audio - expected).abs().max() <= AUDIO_TOLERANCE, signal.shape
+
+
 def test_padded_batch_with_lengths_equals_items_one_by_one(model):
     rate, hop = model.config.sampling_rate, model.hop_length
     lengths = [5 * hop + 7, 1, 12 * hop]

@@ -68,6 +68,21 @@ def test_cuda_chunk_sizes_and_streams_agree(models):
     assert (torch.cat(list(gpu.decode_stream(codes.split(50, -1))), -1) - whole).abs().max() <= AUDIO_TOLERANCE
 
 
+def test_cuda_padded_batch_packs_items_as_if_alone(models):
+    """A padded batch with `lengths` packs its items' windows into shared batches: each item's codes are those of
+    the item encoded alone on the same device (up to near-ties), whatever the padding holds."""
+    _, gpu = models
+    rate = gpu.config.sampling_rate
+    lengths = [int(rate * 0.21), int(rate * 7.3), 1, int(rate * 2.9)]
+    batch = torch.full((len(lengths), 1, max(lengths)), 0.7, device="cuda")
+    for i, n in enumerate(lengths):
+        batch[i, :, :n] = sample_audio(rate, n / rate, seed=i)[..., :n].cuda()
+    _, codes, frames = gpu.encode(batch, sample_rate=rate, lengths=lengths)
+    for i, n in enumerate(lengths):
+        alone = gpu.encode(batch[i : i + 1, :, :n], sample_rate=rate).codes[0]
+        assert agreement(codes[i, :, : frames[i]], alone) >= CODE_AGREEMENT
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_half_precision_close_to_float32(models, dtype):
     _, gpu = models

@@ -19,6 +19,7 @@ import torch
 PathLike = Union[str, os.PathLike]
 AudioInput = Union[PathLike, np.ndarray, torch.Tensor]
 SHAPES = "(time,), (channels, time) or (batch, channels, time)"
+AUDIO_SUFFIXES = {f".{name.lower()}" for name in soundfile.available_formats()} | {".oga", ".opus"}  # readable
 
 
 def check_sample_rate(sample_rate: object, name: str = "sample_rate") -> int:

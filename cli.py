@@ -28,16 +28,14 @@ import numpy as np
 import soundfile
 import torch
 
-from .audio_io import prepare_blocks
+from .audio_io import AUDIO_SUFFIXES, prepare_blocks
 from .chunking import decode_unpadded
 from .dac_file import DacFile
-from .loading import load_model
+from .loading import DTYPES, load_model
 
 DEFAULT_MODEL = "descript/dac_44khz"
 TARGET_DB = -16.0  # the original's `compress` default
 BLOCK_SECONDS = 20.0  # audio read from disk per step
-AUDIO_SUFFIXES = {f".{name.lower()}" for name in soundfile.available_formats()} | {".oga", ".opus"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def find_inputs(inputs: list[str], suffixes: set[str]) -> list[tuple[Path, Path]]:
@@ -207,7 +205,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             command.add_argument("--n-quantizers", type=int, default=None, help="codebooks (bitrate); all by default")
             command.add_argument("--no-normalize", action="store_true", help="encode at the input's loudness")
     commands.add_parser("info", help="what a .dac file holds").add_argument("file")
+    _add_corpus_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in ("tokenize", "detokenize"):
+        return _corpus_command(args, argv)
 
     if args.command == "info":
         try:
@@ -260,6 +261,65 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{args.command}: {done} done, {skipped} skipped (exist; --overwrite redoes them), {len(failed)} failed",
           file=sys.stderr)
     return 1 if failed else 0
+
+
+def _add_corpus_commands(commands) -> None:
+    tokenize = commands.add_parser(
+        "tokenize", help="a corpus to Parquet shards of codes (resumable)",
+        description="Tokenizes every input of a folder of audio files (recursive), a text file of paths, or a "
+                    "Hugging Face dataset (a save_to_disk folder or a Hub id) into DIR/part-NNNNN.parquet and "
+                    "DIR/manifest.json; rerun the same command to resume.")
+    tokenize.add_argument("input", metavar="INPUT")
+    tokenize.add_argument("--output", required=True, metavar="DIR")
+    tokenize.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL})")
+    tokenize.add_argument("--n-quantizers", type=int, default=None, help="codebooks (bitrate); all by default")
+    tokenize.add_argument("--engine", choices=["local", "ray"], default="local")
+    tokenize.add_argument("--workers", type=int, default=1,
+                          help="local: CPU encoder processes, the cores split between them; ray: encoder actors")
+    tokenize.add_argument("--devices", default=None, help="e.g. cuda:0,cuda:1 (one encoder process each); "
+                                                          "default cuda if available, else cpu")
+    tokenize.add_argument("--readers", type=int, default=None, help="reader processes per encoder")
+    tokenize.add_argument("--shard-size", type=int, default=None, metavar="FILES", help="inputs a shard (1000)")
+    tokenize.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    tokenize.add_argument("--audio-column", default="audio", help="datasets: the audio column")
+    tokenize.add_argument("--id-column", default=None, help="datasets: the column of ids (default: row index)")
+    tokenize.add_argument("--split", default=None, help="datasets: the split")
+    tokenize.add_argument("--ray-address", default=None, help="ray: a cluster's address (default: start one)")
+    detokenize = commands.add_parser("detokenize", help="rows of codes back to audio files")
+    detokenize.add_argument("source", metavar="DIR", help="a folder of shards, or a Parquet file with a codes column")
+    detokenize.add_argument("--output", required=True, metavar="AUDIO_DIR")
+    detokenize.add_argument("--model", default=None, help="folder or Hub id (default: the one the manifest names)")
+    detokenize.add_argument("--ids", nargs="+", default=None, help="only these rows")
+    detokenize.add_argument("--device", default=None)
+    detokenize.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    detokenize.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
+
+
+def _corpus_command(args, argv: Optional[list[str]]) -> int:
+    from . import corpus
+
+    try:
+        if args.command == "tokenize":
+            source = corpus.Corpus.open(args.input, args.audio_column, args.id_column, args.split)
+            summary = corpus.tokenize(
+                source, args.output, args.model, args.n_quantizers,
+                devices=args.devices.split(",") if args.devices else None, workers=args.workers,
+                readers=args.readers, shard_size=args.shard_size, dtype=args.dtype, engine=args.engine,
+                ray_address=args.ray_address, command=["dac-codec", *(sys.argv[1:] if argv is None else argv)])
+            done = (f"tokenize: {summary.tokenized} inputs tokenized in {summary.shards_done} shards, "
+                    f"{summary.shards_skipped} shards already done, {len(summary.failed)} failed")
+        else:
+            summary = corpus.detokenize(args.source, args.output, args.model, args.ids, args.device, args.dtype,
+                                        args.overwrite)
+            done = (f"detokenize: {summary.written} written, {summary.skipped} skipped (exist; --overwrite redoes "
+                    f"them), {summary.without_codes} rows without codes, {len(summary.failed)} failed")
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for id, why in summary.failed:
+        print(f"failed: {id}: {why}", file=sys.stderr)
+    print(done, file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import torch
 from .configuration_dac import DacConfig
 from .modeling_dac import DacModel
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
+
 
 def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Replaces every weight-norm pair (`weight_g`/`weight_v`, or parametrizations' `original0`/`original1`) with

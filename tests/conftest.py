@@ -5,7 +5,9 @@ perturbation as ours."""
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -13,6 +15,8 @@ import dac_package  # noqa: E402
 from random_weights import TINY_GAIN, random_model  # noqa: E402
 
 modeling = dac_package.load()
+ROOT = Path(__file__).resolve().parents[1]
+ALSA = Path("/usr/share/sounds/alsa/Front_Center.wav")  # a human voice, 48 kHz mono, where alsa-utils is installed
 DacConfig, DacModel = modeling.DacConfig, modeling.DacModel
 
 # The strides of the released models (odd ones at 16 and 24 kHz), at a few thousand parameters.
@@ -59,3 +63,32 @@ def model(request, model16, model44) -> DacModel:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+def tone(seconds, rate, channels, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    x = np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) + 0.02 * rng.standard_normal(t.shape)
+                  for c in range(channels)], axis=1)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory):
+    """A model folder and an audio tree: good files of several formats, rates and channel counts, and bad ones."""
+    root = tmp_path_factory.mktemp("tree")
+    from convert_checkpoint import write_model_folder
+
+    write_model_folder(tiny_model(), root / "model")
+    data = root / "data"
+    (data / "music" / "live").mkdir(parents=True)
+    soundfile.write(data / "tone.wav", tone(0.7, 16000, 1, 0), 16000)
+    soundfile.write(data / "music" / "stereo.flac", tone(1.1, 22050, 2, 1), 22050)
+    soundfile.write(data / "music" / "live" / "take.ogg", tone(0.5, 8000, 1, 2), 8000)
+    data.joinpath("speech.flac").write_bytes((ROOT / "samples" / "speech.flac").read_bytes())  # 22.05 kHz speech
+    if ALSA.is_file():
+        data.joinpath("voice.wav").write_bytes(ALSA.read_bytes())
+    soundfile.write(data / "empty.wav", np.zeros((0, 1), np.float32), 16000)
+    (data / "corrupt.flac").write_bytes(np.random.default_rng(3).bytes(3000))
+    (data / "notes.txt").write_text("not audio, not an audio suffix: left alone")
+    return root

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import tiny_model
+from conftest import ROOT, tiny_model, tone
 
 pytest.importorskip("scipy", reason="the command line's loudness filters: requirements-cli.txt")
 pytest.importorskip("tqdm", reason="the command line's progress bar: requirements-cli.txt")
@@ -19,35 +19,6 @@ import convert_checkpoint  # noqa: E402
 
 cli = __import__("dac_codec.cli", fromlist=["cli"])
 DacFile = __import__("dac_codec.dac_file", fromlist=["dac_file"]).DacFile
-ROOT = Path(__file__).resolve().parents[1]
-ALSA = Path("/usr/share/sounds/alsa/Front_Center.wav")  # a human voice, 48 kHz mono, where alsa-utils is installed
-
-
-def tone(seconds, rate, channels, seed):
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    x = np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) + 0.02 * rng.standard_normal(t.shape)
-                  for c in range(channels)], axis=1)
-    return x.astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """A model folder and an audio tree: good files of several formats, rates and channel counts, and bad ones."""
-    root = tmp_path_factory.mktemp("cli")
-    convert_checkpoint.write_model_folder(tiny_model(), root / "model")
-    data = root / "data"
-    (data / "music" / "live").mkdir(parents=True)
-    soundfile.write(data / "tone.wav", tone(0.7, 16000, 1, 0), 16000)
-    soundfile.write(data / "music" / "stereo.flac", tone(1.1, 22050, 2, 1), 22050)
-    soundfile.write(data / "music" / "live" / "take.ogg", tone(0.5, 8000, 1, 2), 8000)
-    data.joinpath("speech.flac").write_bytes((ROOT / "samples" / "speech.flac").read_bytes())  # 22.05 kHz speech
-    if ALSA.is_file():
-        data.joinpath("voice.wav").write_bytes(ALSA.read_bytes())
-    soundfile.write(data / "empty.wav", np.zeros((0, 1), np.float32), 16000)
-    (data / "corrupt.flac").write_bytes(np.random.default_rng(3).bytes(3000))
-    (data / "notes.txt").write_text("not audio, not an audio suffix: left alone")
-    return root
 
 
 def run(*args):

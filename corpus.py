@@ -518,7 +518,7 @@ def tokenize(
         if engine == "ray":
             from .corpus_ray import tokenize_ray
 
-            tokenize_ray(model_name, corpus, pending, output, n_quantizers, dtype, workers, ray_address, report)
+            tokenize_ray(model_name, model.sampling_rate, corpus, pending, output, n_quantizers, dtype, workers, ray_address, report)
         elif engine != "local":
             raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}.")
         elif encoders == 1 and pending:

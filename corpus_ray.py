@@ -42,7 +42,7 @@ class _Encoder:
     def __call__(self, batch: dict) -> pa.Table:
         rows, n = [], len(batch["id"])
         read = [i for i in range(n) if not batch["error"][i]]
-        codes = dict(zip(read, self.tokenizer([np.asarray(batch["audio"][i], np.float32) for i in read])))
+        codes = dict(zip(read, self.tokenizer([np.array(batch["audio"][i], np.float32) for i in read])))  # writable
         for i in range(n):
             row = Row(str(batch["id"][i]), error=batch["error"][i] or None)
             if i in codes:

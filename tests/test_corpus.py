@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +260,32 @@ def test_command_line(tree, many, tmp_path, capsys):
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["clip03.wav"]
     assert cli.main(["tokenize", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "x")]) == 1
     assert "No folder, list of paths or dataset" in capsys.readouterr().err
+
+
+def test_ray_engine_on_a_two_node_loopback_cluster_gives_the_local_rows(tree, many, tmp_path):
+    """Head and worker node on 127.0.0.2 and .3, started and stopped by a child process under a timeout; the Ray
+    run resumes a folder whose first shard the local engine wrote."""
+    pytest.importorskip("ray", reason="the Ray engine: requirements-ray.txt")
+    inputs = tmp_path / "inputs"
+    shutil.copytree(many, inputs)
+    (inputs / "broken.wav").write_bytes(b"RIFF and nothing more")
+    model = str(tree / "model")
+    corpus.tokenize(corpus.Corpus.open(str(inputs)), tmp_path / "local", model, shard_size=4, readers=0,
+                    progress=False)
+    (tmp_path / "ray").mkdir()
+    for name in ("manifest.json", "part-00000.parquet"):
+        shutil.copy(tmp_path / "local" / name, tmp_path / "ray" / name)
+    command = [sys.executable, str(Path(__file__).with_name("ray_two_nodes.py")), str(inputs), model,
+               str(tmp_path / "ray"), "4"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        out, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray nodes it started
+            process.wait(timeout=30)
+    assert process.returncode == 0, out[-3000:]
+    assert "shards done 3 skipped 1" in out
+    assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local")
+    assert any(row["error"] for row in rows_of(tmp_path / "ray"))

@@ -19,6 +19,7 @@ import torch
 PathLike = Union[str, os.PathLike]
 AudioInput = Union[PathLike, np.ndarray, torch.Tensor]
 SHAPES = "(time,), (channels, time) or (batch, channels, time)"
+WRITE_BLOCK = 1 << 18  # samples per call into libsndfile
 AUDIO_SUFFIXES = {f".{name.lower()}" for name in soundfile.available_formats()} | {".oga", ".opus"}  # readable
 
 
@@ -254,11 +255,18 @@ def open_audio_file(path: PathLike, sample_rate: int) -> soundfile.SoundFile:
         raise ValueError(f"Cannot write audio to {path!r} ({error}); use an extension such as {formats}.") from error
 
 
+def write_samples(file: soundfile.SoundFile, samples: np.ndarray) -> None:
+    """Writes samples in blocks of at most WRITE_BLOCK: libsndfile's Vorbis encoder crashes the process when one
+    call hands it a few million samples (about a minute of 44.1 kHz audio)."""
+    for start in range(0, len(samples), WRITE_BLOCK):
+        file.write(samples[start : start + WRITE_BLOCK])
+
+
 def write_audio(path: PathLike, waveform: torch.Tensor, sample_rate: int) -> None:
     """Writes one mono signal (see `check_waveform`) to an audio file, its format by extension."""
     samples = check_waveform(waveform).detach().float().cpu().numpy()
     with open_audio_file(path, sample_rate) as file:
-        file.write(samples)
+        write_samples(file, samples)
 
 
 def write_audio_pieces(path: PathLike, pieces: Iterable[torch.Tensor], sample_rate: int) -> None:
@@ -268,7 +276,7 @@ def write_audio_pieces(path: PathLike, pieces: Iterable[torch.Tensor], sample_ra
     try:
         with file:
             for piece in pieces:
-                file.write(piece[0, 0].float().cpu().numpy())
+                write_samples(file, piece[0, 0].float().cpu().numpy())
     except BaseException:
         os.remove(file.name)
         raise

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from .audio_io import AUDIO_SUFFIXES, prepare_blocks
 from .chunking import decode_unpadded
 from .dac_file import DacFile
-from .loading import DTYPES, load_model
+from .loading import DTYPES, first_line, load_model, write_atomically
 
 DEFAULT_MODEL = "descript/dac_44khz"
 TARGET_DB = -16.0  # the original's `compress` default
@@ -84,7 +83,7 @@ def encode_file(model, path: Path, output: Path, n_quantizers: Optional[int], no
                       sample_rate=info.samplerate, padding=True,
                       model={"name": name, "sampling_rate": rate, "hop_length": model.config.hop_length,
                              "codebook_size": model.config.codebook_size})
-    _write_atomically(output, written.save)
+    write_atomically(output, written.save)
 
 
 def decode_file(model, path: Path, output: Path, progress: Callable[[float], None] = lambda seconds: None) -> None:
@@ -133,7 +132,7 @@ def decode_file(model, path: Path, output: Path, progress: Callable[[float], Non
                 if remaining > 0:  # the 16 and 24 kHz decoders return up to 8 samples less
                     file.write(np.zeros((remaining, channels), np.float32))
 
-        _write_atomically(output, write)
+        write_atomically(output, write)
 
 
 def _decoded(model, dac: DacFile) -> Iterator[torch.Tensor]:
@@ -155,19 +154,6 @@ def _seconds(path: Path) -> float:
         return info.frames / info.samplerate
     except Exception:
         return 0.0
-
-
-def _write_atomically(output: Path, write) -> None:
-    """`write(path)` to a temporary name beside `output`, then renamed: an interrupted run leaves no output that a
-    rerun would take for done."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(output.name + ".partial")
-    try:
-        write(str(temporary))
-        os.replace(temporary, output)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def info(path: str) -> str:
@@ -255,7 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     decode_file(model, path, output, bar.update)
                 done += 1
             except Exception as error:  # one bad file is reported; the others are done
-                failed.append(f"{path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+                failed.append(f"{path}: {first_line(error)}")
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
     print(f"{args.command}: {done} done, {skipped} skipped (exist; --overwrite redoes them), {len(failed)} failed",

@@ -24,7 +24,7 @@ import multiprocessing
 import os
 import queue
 import sys
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ import torch
 
 from .audio_io import AUDIO_SUFFIXES, load_audio, prepare_audio
 from .chunking import BATCH_ELEMENTS, decode_packed, encode_packed
-from .loading import DTYPES, load_model
+from .loading import DTYPES, first_line, load_model, write_atomically
 
 FORMAT = "dac-codec tokens 1"
 MANIFEST = "manifest.json"
@@ -85,7 +85,8 @@ class Corpus:
             return cls("list", str(path.resolve()))
         if given.count("/") == 1 and not given.startswith((".", "/")):
             return cls("dataset", given, audio_column, id_column, split)  # a Hub id
-        raise FileNotFoundError(f"No folder, list of paths or dataset at {given!r}.")
+        raise FileNotFoundError(f"No folder, list of paths or dataset at {given!r} (a Hub dataset is named "
+                                "owner/name).")
 
     def items(self) -> list[tuple[str, Union[str, int]]]:
         """(id, reference) of every input, in the order of the shards; a reference is a path or a row index."""
@@ -99,15 +100,14 @@ class Corpus:
             items = [(line, str(base / line)) for line in lines if line and not line.startswith("#")]
         else:
             dataset = open_dataset(self)
-            ids = (dataset.data.column(self.id_column).to_pylist() if self.id_column
-                   else range(len(dataset)))
+            ids = list(dataset[self.id_column]) if self.id_column else range(len(dataset))
             items = [(str(i), row) for row, i in enumerate(ids)]
         if not items:
             raise ValueError(f"{self.location} holds no inputs.")
-        ids = [i for i, _ in items]
-        if len(set(ids)) != len(ids):
-            twice = sorted({i for i in ids if ids.count(i) > 1})[:5] if len(ids) < 10_000 else "some"
-            raise ValueError(f"{self.location} lists some inputs more than once ({twice}); each id must be unique.")
+        twice = [id for id, count in Counter(id for id, _ in items).items() if count > 1]
+        if twice:
+            raise ValueError(f"{self.location} lists some inputs more than once ({sorted(twice)[:5]}); each must "
+                             "be unique.")
         return items
 
 
@@ -174,7 +174,7 @@ def _read_or_error(corpus: Corpus, reference, sample_rate: int):
     try:
         return read_input(corpus, reference, sample_rate)
     except Exception as error:
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        return first_line(error)
 
 
 def _one_thread() -> None:
@@ -206,7 +206,12 @@ class Readers:
     def submit(self, reference) -> tuple:
         if self.pool is None:  # no reader processes: read when the result is asked for
             return reference, None, None
-        return reference, self.pool, self.pool.submit(_read_or_error, self.corpus, reference, self.sample_rate)
+        pool = self.pool
+        try:
+            return reference, pool, pool.submit(_read_or_error, self.corpus, reference, self.sample_rate)
+        except BrokenProcessPool:  # it broke since the last submit
+            self._replace(pool)
+            return reference, self.pool, self.pool.submit(_read_or_error, self.corpus, reference, self.sample_rate)
 
     def result(self, handle: tuple):
         """What `_read_or_error` returns for a submitted reference."""
@@ -215,25 +220,24 @@ class Readers:
             return _read_or_error(self.corpus, reference, self.sample_rate)
         try:
             return future.result()
+        except BrokenProcessPool:  # a reader died, on this input or on one read beside it: retry this one alone
+            self._replace(pool)
+        try:
+            return self.pool.submit(_read_or_error, self.corpus, reference, self.sample_rate).result()
         except BrokenProcessPool:
-            pass
-        for attempt in range(2):
-            if pool is self.pool:  # the first to see a broken pool replaces it
-                self.pool.shutdown(wait=False)
-                self._start()
-            pool = self.pool
-            if attempt == 0:
-                try:  # alone, so that a crash is this input's
-                    return pool.submit(_read_or_error, self.corpus, reference, self.sample_rate).result()
-                except BrokenProcessPool:
-                    pass
-        try:  # the input's fault, or are reader processes unable to run at all?
+            self._replace(self.pool)
+        try:  # this input's fault, or can no reader process run here at all?
             self.pool.submit(_one_thread).result()
         except BrokenProcessPool:
             raise RuntimeError("Reader processes cannot run here (a script that calls `tokenize` must do so under "
                                "`if __name__ == '__main__':`, as spawned processes import it); readers=0 reads "
                                "in the encoder's process.") from None
         return "reading it crashed the reader process"
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        if broken is self.pool:  # the first to see a broken pool replaces it
+            self.pool.shutdown(wait=False)
+            self._start()
 
     def read(self, keyed: Iterable[tuple[object, object]], depth: int) -> Iterator[tuple[object, object]]:
         """(key, `read_input` result or error line) for each (key, reference), in order, `depth` read ahead."""
@@ -309,19 +313,9 @@ def prepare_output(output: Path, manifest: dict) -> None:
     elif any(output.glob("part-*.parquet")):
         raise ValueError(f"{output} holds shards but no {MANIFEST}; give another --output.")
     else:
-        _write_atomically(path, lambda target: Path(target).write_text(json.dumps(manifest, indent=2)))
+        write_atomically(path, lambda target: Path(target).write_text(json.dumps(manifest, indent=2)))
     for partial in output.glob("*.partial"):
         partial.unlink()
-
-
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    try:
-        write(str(temporary))
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -362,7 +356,7 @@ def rows_table(rows: list[Row]) -> pa.Table:
 
 
 def write_shard(path: Path, table: pa.Table) -> None:
-    _write_atomically(path, lambda target: pq.write_table(table, target))
+    write_atomically(path, lambda target: pq.write_table(table, target))
 
 
 def row_codes(codes: Optional[list]) -> Optional[np.ndarray]:
@@ -403,7 +397,7 @@ class Tokenizer:
                 codes = model.encode(torch.from_numpy(x), rate, self.n_quantizers).codes
                 results.append(codes[0].to(torch.int16).cpu().numpy())
             except Exception as error:
-                results.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+                results.append(first_line(error))
         return results
 
 
@@ -518,7 +512,8 @@ def tokenize(
         if engine == "ray":
             from .corpus_ray import tokenize_ray
 
-            tokenize_ray(model_name, model.sampling_rate, corpus, pending, output, n_quantizers, dtype, workers, ray_address, report)
+            tokenize_ray(model_name, model.sampling_rate, corpus, pending, output, n_quantizers, dtype, workers,
+                         ray_address, report)
         elif engine != "local":
             raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}.")
         elif encoders == 1 and pending:
@@ -584,11 +579,12 @@ def _run_encoder_processes(model_name: str, devices: list[str], dtype: str, thre
 # ----------------------------------------------------------------------------------------------------------------
 # The way back
 def audio_path(output: Path, id: str) -> Path:
-    """Where the audio of row `id` goes: its relative path with the suffix .wav (a dataset row's index: 17.wav)."""
-    relative = PurePosixPath(id)
-    if not id or relative.is_absolute() or ".." in relative.parts:
-        raise ValueError(f"its id {id!r} is not a relative path, so it names no file inside the output folder")
-    return output / Path(*relative.parts).with_suffix(".wav")
+    """Where the audio of row `id` goes: its path, relative to `output`, with the suffix .wav (a dataset row's index:
+    17.wav)."""
+    parts = [part for part in PurePosixPath(id).parts if part != "/"]  # a listed absolute path: under the folder
+    if not parts or ".." in parts:
+        raise ValueError(f"its id {id!r} names no file inside the output folder")
+    return output / Path(*parts).with_suffix(".wav")
 
 
 def read_rows(source: Path, ids: Optional[set[str]] = None) -> Iterator[tuple[str, Optional[list], Optional[str]]]:
@@ -648,7 +644,7 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
     def write(path: Path, audio: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         samples = audio[0, 0].float().cpu().numpy()
-        _write_atomically(path, lambda target: soundfile.write(target, samples, config.sampling_rate,
+        write_atomically(path, lambda target: soundfile.write(target, samples, config.sampling_rate,
                                                                format="WAV", subtype="FLOAT"))
         summary.written += 1
 
@@ -690,10 +686,10 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
                 if sum(c.shape[-1] for _, _, c in waiting) >= batch_frames:
                     flush()
             except Exception as problem:
-                summary.failed.append((id, str(problem).splitlines()[0]))
+                summary.failed.append((id, first_line(problem)))
                 bar.update(1)
         flush()
-    if wanted is not None and summary.written + summary.skipped + summary.without_codes + len(summary.failed) < len(wanted):
+    if wanted is not None:
         found = {id for id, _, _ in read_rows(source, wanted)}
         summary.failed += [(id, "no row has this id") for id in sorted(wanted - found)]
     return summary

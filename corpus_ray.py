@@ -58,8 +58,8 @@ class _Encoder:
             "position", pa.array(batch["position"], pa.int64()))
 
 
-def tokenize_ray(model_name: str, sample_rate: int, corpus: Corpus, pending: list[Shard], output: Path, n_quantizers: int,
-                 dtype: str, workers: int, address: Optional[str], report: Report) -> None:
+def tokenize_ray(model_name: str, sample_rate: int, corpus: Corpus, pending: list[Shard], output: Path,
+                 n_quantizers: int, dtype: str, workers: int, address: Optional[str], report: Report) -> None:
     """Tokenizes the `pending` shards on a Ray cluster (`address`; a local one if None), `workers` actors."""
     try:
         import ray

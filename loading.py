@@ -4,8 +4,9 @@ descript/dac_44khz), whose weights are the same tensors under weight norm and ar
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -13,6 +14,24 @@ from .configuration_dac import DacConfig
 from .modeling_dac import DacModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name: how a long job reports one failed item."""
+    return str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def write_atomically(output: Path, write: Callable[[str], None]) -> None:
+    """`write(path)` to a temporary name beside `output`, then renamed: an interrupted run leaves no output that a
+    rerun would take for done."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(output.name + ".partial")
+    try:
+        write(str(temporary))
+        os.replace(temporary, output)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
 
 
 def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,10 +94,9 @@ def _hub_folder(name: str, patterns: list[str]) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as error:  # offline, no such repo, no access: one line that says which and what to do
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(
-            f"Could not get {name!r} from the Hugging Face Hub ({first_line}). Check the name and the network, or "
-            "give a local folder that holds config.json and the weights."
+            f"Could not get {name!r} from the Hugging Face Hub ({first_line(error)}). Check the name and the network, "
+            "or give a local folder that holds config.json and the weights."
         ) from None
 
 

@@ -56,6 +56,8 @@ def make_corpus(folder: Path, files: int, seed: int) -> float:
     """Writes the corpus into `folder` (once); returns its audio seconds."""
     import soundfile
 
+    from dac_codec.audio_io import write_samples
+
     lengths = corpus_lengths(files, seed)
     done = folder / "done.json"
     if done.is_file() and json.loads(done.read_text()) == {"files": files, "seed": seed}:
@@ -69,7 +71,8 @@ def make_corpus(folder: Path, files: int, seed: int) -> float:
         signal = np.stack([0.3 * np.sin(2 * np.pi * (f0 * (1 + c * 0.01) * t + rng.uniform(50, 400) * t ** 2 / 60))
                            + 0.1 * np.sin(2 * np.pi * 1.5 * f0 * t) + 0.03 * rng.standard_normal(t.shape)
                            for c in range(channels)], axis=1)
-        soundfile.write(_path(folder, i, suffix), signal.astype(np.float32), rate, subtype=subtype)
+        with soundfile.SoundFile(_path(folder, i, suffix), "w", rate, channels, subtype=subtype) as file:
+            write_samples(file, signal.astype(np.float32))
     done.write_text(json.dumps({"files": files, "seed": seed}))
     return sum(lengths)
 

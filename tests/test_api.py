@@ -5,6 +5,8 @@ import copy
 import math
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +237,22 @@ def test_waveform_to_audiofile(model16, model44, tmp_path, which, suffix, shape)
     np.testing.assert_allclose(data, waveform[0, 0].numpy(), atol=2 / 32768)  # 16-bit PCM
     # What was written reads back through encode at the model's rate.
     assert net.encode(path).codes.shape == s.shape
+
+
+def test_long_ogg_file_is_written(tmp_path):
+    """libsndfile's Vorbis encoder crashes the process on a few million samples in one call; writes go in blocks.
+    In a child process, so that a regression fails this test rather than ending the test run."""
+    script = (
+        "import sys, numpy as np, soundfile, torch\n"
+        "from dac_codec.audio_io import write_audio\n"
+        "x = torch.from_numpy(np.random.default_rng(0).uniform(-0.3, 0.3, 90 * 44100).astype(np.float32))\n"
+        "write_audio(sys.argv[1], x, 44100)\n"
+        "print(soundfile.info(sys.argv[1]).frames)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "long.ogg")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) == 90 * 44100
 
 
 def test_waveform_to_audiofile_rejects_batches_and_non_tensors(model16, tmp_path):

@@ -216,9 +216,20 @@ def test_packed_tokenizer_gives_each_signals_codes(model, many):
     tokenizer.batch_frames = 10**6
     signals = [corpus.read_input(corpus.Corpus.open(str(many)), str(p), model.sampling_rate)[0]
                for p in sorted(many.iterdir())]
-    for signal, codes in zip(signals, tokenizer(signals)):
+    for x, codes in zip(signals, tokenizer(signals)):
         assert codes.dtype == np.int16
-        assert torch.equal(torch.from_numpy(codes).long(), model.encode(signal, model.sampling_rate, 3).codes[0])
+        assert torch.equal(torch.from_numpy(codes).long(), model.encode(x, model.sampling_rate, 3).codes[0])
+
+
+def test_a_reader_process_that_dies_is_replaced(data, model):
+    """A decoder crashing on a broken file kills its reader process: the pool is replaced and the reads go on."""
+    with corpus.Readers(corpus.Corpus.open(str(data)), model.sampling_rate, 1) as readers:
+        assert readers.result(readers.submit(str(data / "tone.wav")))[1] == 16000
+        pending = readers.submit(str(data / "speech.flac"))
+        for process in list(readers.pool._processes.values()):
+            process.kill()
+        later = readers.submit(str(data / "music" / "song.mp3"))
+        assert readers.result(pending)[1] == 22050 and readers.result(later)[1] == 48000
 
 
 def test_detokenize_gives_the_audio_of_decode(tokenized, model, tmp_path):

@@ -39,6 +39,10 @@ from torch import nn
 BATCH_ELEMENTS = 1 << 28
 MIN_CHUNK_OVER_CONTEXT = 4
 QUANTIZE_FRAMES = 1024  # latent frames that `encode` quantizes at once: the quantizer's small projections want width
+# On the CPU, a signal whose widest activation stays below this runs as one plain pass (the batched-windows path,
+# one window): a stream's per-step work costs more than such a signal's convolutions (2x at 0.5 s; even at 3 s of
+# 16 kHz or 1 s of 44.1 kHz audio encoding, where streams win beyond).
+ONE_PASS_ELEMENTS = 3 << 20
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -478,13 +478,20 @@ def tokenize(
     """
     from tqdm import tqdm
 
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}.")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
     shard_size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive int, got {shard_size!r}.")
+    for name, value, least in (("workers", workers, 1), ("readers", readers, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}.")
     devices = devices or ["cuda" if torch.cuda.is_available() else "cpu"]
     output = Path(output)
+    if Path(model_name).is_dir():  # the same folder for every process and node, whatever their working directory
+        model_name = str(Path(model_name).resolve())
     model = load_model(model_name)
     if model.config.codebook_size > np.iinfo(np.int16).max + 1:
         raise ValueError(f"codebook_size {model.config.codebook_size} does not fit the int16 codes of the shards.")
@@ -496,7 +503,7 @@ def tokenize(
     pending = [shard for shard in shards if not shard.path(output).is_file()]
     summary = Summary(shards_skipped=len(shards) - len(pending))
     cpu = all(torch.device(d).type == "cpu" for d in devices)
-    encoders = max(1, workers) if cpu else len(devices)
+    encoders = workers if cpu else len(devices)
     if readers is None:
         readers = 1 if cpu else max(1, min(8, ((os.cpu_count() or 1) - encoders) // encoders))
 
@@ -514,8 +521,6 @@ def tokenize(
 
             tokenize_ray(model_name, model.sampling_rate, corpus, pending, output, n_quantizers, dtype, workers,
                          ray_address, report)
-        elif engine != "local":
-            raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}.")
         elif encoders == 1 and pending:
             model.to(devices[0], DTYPES[dtype])
             tokenize_shards(model, corpus, pending, output, n_quantizers, readers, report)

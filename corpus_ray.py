@@ -76,7 +76,6 @@ def tokenize_ray(model_name: str, sample_rate: int, corpus: Corpus, pending: lis
     try:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-        workers = max(1, workers)
         if gpus:
             workers = gpus if workers == 1 else min(workers, gpus)  # by default an actor a GPU
             threads, actor = 1, {"num_gpus": 1, "num_cpus": 1}

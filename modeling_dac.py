@@ -26,8 +26,8 @@ from .audio_io import (
     load_tensor, prepare_audio, prepare_blocks, save_tensor, write_audio, write_audio_pieces,
 )
 from .chunking import (
-    PACK_CHUNKS, CodecGeometry, Latents, decode_blocks, decode_overlap_average, decode_streamed, decode_windows,
-    encode_blocks, encode_packed, encode_streamed, encode_windows, stack_padded, stream_decode,
+    ONE_PASS_ELEMENTS, PACK_CHUNKS, CodecGeometry, Latents, decode_blocks, decode_overlap_average, decode_streamed,
+    decode_windows, encode_blocks, encode_packed, encode_streamed, encode_windows, stack_padded, stream_decode,
 )
 from .configuration_dac import DECODING_MODES, DacConfig, check_chunk_size
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
@@ -177,7 +177,7 @@ class DacModel(PreTrainedModel):
             n_quantizers: Number of codebooks to use (the bitrate), 1 to `config.n_codebooks`; all by default.
             chunk_size_in_sec: Audio per chunk; `config.encoding_chunk_size_in_sec` by default; 0 for no chunking.
                 The codes do not depend on it. On an accelerator, chunks run as batched windows, by default as long
-                as memory allows.
+                as memory allows; on the CPU, short signals run as one plain pass unless a chunk size is given.
             lengths: For a zero-padded batch (batch, channels, time) of signals of different lengths: the samples
                 of each. Each item is then encoded as if alone, and the output carries `frame_lengths`.
 
@@ -190,12 +190,13 @@ class DacModel(PreTrainedModel):
         n_quantizers = self._n_quantizers(n_quantizers)
         chunk = self._chunk("chunk_size_in_sec", chunk_size_in_sec)
         audio = prepare_audio(audio, sample_rate, self.sampling_rate).to(self.device, self.dtype)
-        if audio.device.type != "cpu":
-            given = chunk if chunk_size_in_sec is not None else None
-            return DacEncoderOutput(*encode_windows(self.encoder, self.quantizer, audio, n_quantizers, given,
-                                                    self.geometry))
-        return DacEncoderOutput(*encode_streamed(self.encoder, self.quantizer, audio, n_quantizers, chunk,
-                                                 self.geometry))
+        widest = audio.shape[0] * self.num_frames(audio.shape[-1]) * self.geometry.encoder_width
+        if audio.device.type == "cpu" and (chunk_size_in_sec is not None or widest > ONE_PASS_ELEMENTS):
+            return DacEncoderOutput(*encode_streamed(self.encoder, self.quantizer, audio, n_quantizers, chunk,
+                                                     self.geometry))
+        given = chunk if chunk_size_in_sec is not None else None
+        return DacEncoderOutput(*encode_windows(self.encoder, self.quantizer, audio, n_quantizers, given,
+                                                self.geometry))
 
     @torch.inference_mode()
     def decode(
@@ -211,7 +212,8 @@ class DacModel(PreTrainedModel):
             zq: (batch, latent_dim, frames) quantized latent, as `encode` returns.
             s: (batch, n, frames) codes, with the first n <= n_codebooks codebooks.
             chunk_size: Frames per chunk; `config.decoding_chunk_size` by default; 0 for no chunking. On an
-                accelerator, chunks run as batched windows, by default as long as memory allows.
+                accelerator, chunks run as batched windows, by default as long as memory allows; on the CPU, short
+                signals run as one plain pass unless a chunk size is given.
             mode: "exact" (equal to whole-signal decoding) or "overlap_average" (the earlier model card's averaged
                 chunks, approximate); `config.decoding_mode` by default.
 
@@ -223,9 +225,10 @@ class DacModel(PreTrainedModel):
         if mode == "overlap_average":
             return decode_overlap_average(self.decoder, latents, chunk, self.config.decoding_overlap_rate,
                                           self.geometry)
-        if self.device.type != "cpu":
-            return decode_windows(self.decoder, latents, chunk if chunk_size is not None else None, self.geometry)
-        return decode_streamed(self.decoder, latents, chunk, self.geometry)
+        widest = latents.batch * latents.frames * self.geometry.decoder_width
+        if self.device.type == "cpu" and (chunk_size is not None or widest > ONE_PASS_ELEMENTS):
+            return decode_streamed(self.decoder, latents, chunk, self.geometry)
+        return decode_windows(self.decoder, latents, chunk if chunk_size is not None else None, self.geometry)
 
     @torch.inference_mode()
     def decode_to_audiofile(

@@ -158,6 +158,27 @@ def test_batched_windows_equal_whole(model, small_batches):
         assert (chunking.decode_windows(model.decoder, latents, 3, geometry) - from_codes).abs().max() <= 1e-5
 
 
+def test_short_signals_run_as_one_pass_on_the_cpu_with_the_streams_results(model, monkeypatch):
+    """Without a chunk size, a signal below ONE_PASS_ELEMENTS runs as one plain pass (faster than a stream there);
+    above it, or with a chunk size given, as a stream. Both give the same codes and audio."""
+    modeling = sys.modules[type(model).__module__]
+    calls = []
+    for name in ("encode_windows", "decode_windows", "encode_streamed", "decode_streamed"):
+        function = getattr(modeling, name)
+        monkeypatch.setattr(modeling, name, lambda *a, f=function, n=name, **k: calls.append(n) or f(*a, **k))
+    rate = model.config.sampling_rate
+    audio = audio_of(37 * model.hop_length + 5, seed=3)
+    one_pass = model.encode(audio, sample_rate=rate)
+    decoded = model.decode(s=one_pass.codes)
+    streamed = model.encode(audio, sample_rate=rate, chunk_size_in_sec=0.5)
+    assert calls == ["encode_windows", "decode_windows", "encode_streamed"]
+    monkeypatch.setattr(modeling, "ONE_PASS_ELEMENTS", 0)  # every signal above it: streams
+    assert torch.equal(model.encode(audio, sample_rate=rate).codes, one_pass.codes)
+    assert torch.equal(streamed.codes, one_pass.codes)
+    assert (model.decode(s=one_pass.codes) - decoded).abs().max() <= AUDIO_TOLERANCE
+    assert calls[3:] == ["encode_streamed", "decode_streamed"]
+
+
 @torch.inference_mode()
 def test_packed_windows_equal_each_signal_alone(model, small_batches):
     """Many signals of different lengths packed into shared batches of windows (the accelerator path of corpus

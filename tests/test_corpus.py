@@ -201,6 +201,16 @@ def test_rerun_with_another_model_settings_or_inputs_refuses(tree, many, tmp_pat
         corpus.tokenize(corpus.Corpus.open(str(fewer)), tmp_path / "out", model, shard_size=5, progress=False)
 
 
+def test_bad_arguments_are_clear_errors_before_anything_is_written(tree, many, tmp_path):
+    bad = [({"workers": 0}, "workers"), ({"readers": -1}, "readers"), ({"engine": "spark"}, "engine"),
+           ({"dtype": "int8"}, "dtype"), ({"shard_size": 0}, "shard_size"), ({"n_quantizers": 9}, "n_quantizers")]
+    for arguments, named in bad:
+        with pytest.raises(ValueError, match=named):
+            corpus.tokenize(corpus.Corpus.open(str(many)), tmp_path / "out", str(tree / "model"), progress=False,
+                            **arguments)
+        assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_cpu_worker_processes_give_the_same_rows(tree, many, tmp_path):
     model = str(tree / "model")
     corpus.tokenize(corpus.Corpus.open(str(many)), tmp_path / "one", model, shard_size=4, readers=0, progress=False)

@@ -126,7 +126,11 @@ def open_dataset(corpus: Corpus):
     if Path(corpus.location).is_dir():
         dataset = datasets.load_from_disk(corpus.location)
     else:
-        dataset = datasets.load_dataset(corpus.location, split=corpus.split)
+        try:
+            dataset = datasets.load_dataset(corpus.location, split=corpus.split)
+        except Exception as error:  # offline, no such dataset, no access: one line that says which
+            raise ValueError(f"Could not load the dataset {corpus.location!r} ({first_line(error)}); check the name "
+                             "and the network, or give a folder that `save_to_disk` wrote.") from None
     if isinstance(dataset, datasets.DatasetDict):
         split = corpus.split or ("train" if list(dataset) == ["train"] else None)
         if split not in dataset:
@@ -450,7 +454,6 @@ def _encoder_process(model_name: str, device: str, dtype: str, threads: int, cor
     reports.put(("done", device, None))
 
 
-
 @dataclass
 class Summary:
     """What a run did: inputs tokenized and failed in this run, and shards skipped as already done."""
@@ -492,11 +495,11 @@ def tokenize(
     output = Path(output)
     if Path(model_name).is_dir():  # the same folder for every process and node, whatever their working directory
         model_name = str(Path(model_name).resolve())
+    items = corpus.items()  # bad input fails before the model loads
     model = load_model(model_name)
     if model.config.codebook_size > np.iinfo(np.int16).max + 1:
         raise ValueError(f"codebook_size {model.config.codebook_size} does not fit the int16 codes of the shards.")
     n_quantizers = model._n_quantizers(n_quantizers)
-    items = corpus.items()
     manifest = make_manifest(model, model_name, corpus, items, n_quantizers, dtype, shard_size, command)
     prepare_output(output, manifest)
     shards = plan_shards(items, shard_size)

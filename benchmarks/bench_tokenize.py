@@ -1,8 +1,8 @@
 """Throughput of `dac-codec tokenize` on a generated corpus, next to the model alone and a plain loop with the
 reference package, same weights and same files. Figures are audio hours per wall hour.
 
-    .venv/bin/python benchmarks/bench_tokenize.py                 # 16khz, 200 files (about 28 min of audio)
-    .venv/bin/python benchmarks/bench_tokenize.py --preset 44khz --files 300 --json tokenize.json
+    .venv/bin/python benchmarks/bench_tokenize.py                 # 44khz, 200 files (33 min of audio)
+    .venv/bin/python benchmarks/bench_tokenize.py --preset 16khz --files 300 --json tokenize.json
     .venv/bin/python benchmarks/bench_tokenize.py --files 20 --skip-reference   # quick check
 
 The corpus (kept in --corpus, made once per seed and size): --files files of mixed lengths (one of 300 s, one of
@@ -163,7 +163,7 @@ WORKERS = {"--prepare": prepare, "--tokenize": run_tokenize, "--model-only": run
 # ----------------------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="16khz", choices=sorted(PRESET_INFO))
+    parser.add_argument("--preset", default="44khz", choices=sorted(PRESET_INFO), help="the model (random weights)")
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus", default=None, help="where the corpus is made and kept (default: in /tmp)")

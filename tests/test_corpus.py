@@ -271,7 +271,7 @@ def test_detokenize_any_parquet_with_codes(model, tree, tmp_path):
         corpus.detokenize(tmp_path / "generated.parquet", tmp_path / "x", progress=False)
 
 
-def test_command_line(tree, many, tmp_path, capsys):
+def test_command_line(tree, many, tmp_path, capsys, monkeypatch):
     assert cli.main(["tokenize", str(many), "--output", str(tmp_path / "t"), "--model", str(tree / "model"),
                      "--shard-size", "5", "--readers", "0"]) == 0
     assert "12 inputs tokenized in 3 shards" in capsys.readouterr().err
@@ -281,6 +281,12 @@ def test_command_line(tree, many, tmp_path, capsys):
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["clip03.wav"]
     assert cli.main(["tokenize", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "x")]) == 1
     assert "No folder, list of paths or dataset" in capsys.readouterr().err
+    monkeypatch.setattr(pytest.importorskip("datasets").config, "HF_HUB_OFFLINE", True)  # no retries
+    assert cli.main(["tokenize", "no-owner/no-dataset", "--output", str(tmp_path / "x"), "--model",
+                     str(tree / "model")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: Could not load the dataset 'no-owner/no-dataset'") and len(error.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
 
 
 def test_ray_engine_on_a_two_node_loopback_cluster_gives_the_local_rows(tree, many, tmp_path):

@@ -1,13 +1,35 @@
-"""Tokenizes with the Ray engine on a two-node Ray cluster on loopback addresses (head 127.0.0.2, a worker node
-127.0.0.3), which this process starts and stops:
+"""Tokenizes with the Ray engine on a two-node Ray cluster, head and worker node both at 127.0.0.1, which this
+process starts and stops:
 
     python ray_two_nodes.py INPUT MODEL OUTPUT SHARD_SIZE
+
+Ray 2.60 binds its servers to loopback only for the node address 127.0.0.1 exactly (any other, 127.0.0.2
+included, listens on all interfaces); the script checks that no server of its cluster listens elsewhere.
 """
 
 import os
 import sys
+from pathlib import Path
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # let cluster_utils start several nodes on one machine
+
+
+def listening() -> set[str]:
+    """Local addresses (hex, as the kernel writes them) of the TCP sockets listening in this network namespace."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                found.add(fields[1])
+    return found
+
+
+def loopback(address: str) -> bool:
+    ip = address.split(":")[0]
+    if len(ip) == 8:  # IPv4, little-endian: 127.x.y.z ends in 7F
+        return ip.endswith("7F")
+    return ip == "0" * 24 + "01000000" or (ip.startswith("0" * 16 + "FFFF0000") and ip.endswith("7F"))  # ::1, mapped
 
 
 def main() -> None:
@@ -17,15 +39,18 @@ def main() -> None:
     from dac_codec import corpus
 
     source, model, output, shard_size = sys.argv[1:5]
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.2"})
+    before = listening()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1"})
     try:
-        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.3")
+        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
         ray.init(address=cluster.address)
         nodes = sorted(node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"])
-        assert nodes == ["127.0.0.2", "127.0.0.3"], nodes
+        assert len(nodes) == 2 and set(nodes) == {"127.0.0.1"}, nodes
         summary = corpus.tokenize(corpus.Corpus.open(source), output, model, shard_size=int(shard_size),
                                   engine="ray", workers=2, progress=False)
         print(f"shards done {summary.shards_done} skipped {summary.shards_skipped}")
+        opened = [address for address in listening() - before if not loopback(address)]
+        assert not opened, f"the cluster listens beyond loopback: {opened}"
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -290,8 +290,8 @@ def test_command_line(tree, many, tmp_path, capsys, monkeypatch):
 
 
 def test_ray_engine_on_a_two_node_loopback_cluster_gives_the_local_rows(tree, many, tmp_path):
-    """Head and worker node on 127.0.0.2 and .3, started and stopped by a child process under a timeout; the Ray
-    run resumes a folder whose first shard the local engine wrote."""
+    """Head and worker node on 127.0.0.1 (loopback only, checked), started and stopped by a child process under a
+    timeout; the Ray run resumes a folder whose first shard the local engine wrote."""
     pytest.importorskip("ray", reason="the Ray engine: requirements-ray.txt")
     inputs = tmp_path / "inputs"
     shutil.copytree(many, inputs)

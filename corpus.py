@@ -595,9 +595,10 @@ def audio_path(output: Path, id: str) -> Path:
     return output / Path(*parts).with_suffix(".wav")
 
 
-def read_rows(source: Path, ids: Optional[set[str]] = None) -> Iterator[tuple[str, Optional[list], Optional[str]]]:
-    """(id, codes cell, error) of every row of a folder of shards (or any Parquet files) or of one Parquet file,
-    with `ids` only where given. Files without an `id` column name their rows <file stem>-<row>."""
+def read_rows(source: Path, ids: Optional[set[str]] = None) -> Iterator[tuple[str, Optional[list], dict]]:
+    """(id, codes cell, the row's `error` and `n_samples`) of every row of a folder of shards (or any Parquet
+    files) or of one Parquet file, with `ids` only where given. Files without an `id` column name their rows
+    <file stem>-<row>."""
     files = [source] if source.is_file() else sorted(source.glob("part-*.parquet")) or sorted(source.glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"No Parquet files at {source}.")
@@ -606,7 +607,7 @@ def read_rows(source: Path, ids: Optional[set[str]] = None) -> Iterator[tuple[st
         names = parquet.schema_arrow.names
         if "codes" not in names:
             raise ValueError(f"{file} has no `codes` column; its columns are {names}.")
-        columns = [c for c in ("id", "codes", "error") if c in names]
+        columns = [c for c in ("id", "codes", "error", "n_samples") if c in names]
         row = 0
         for batch in parquet.iter_batches(batch_size=64, columns=columns):
             cells = batch.to_pydict()
@@ -614,7 +615,8 @@ def read_rows(source: Path, ids: Optional[set[str]] = None) -> Iterator[tuple[st
                 id = str(cells["id"][i]) if "id" in cells else f"{file.stem}-{row:06d}"
                 row += 1
                 if ids is None or id in ids:
-                    yield id, cells["codes"][i], cells.get("error", [None] * batch.num_rows)[i]
+                    extra = {k: cells[k][i] if k in cells else None for k in ("error", "n_samples")}
+                    yield id, cells["codes"][i], extra
 
 
 @dataclass
@@ -628,7 +630,8 @@ class DetokenizeSummary:
 def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: Optional[str] = None,
                ids: Optional[Iterable[str]] = None, device: Optional[str] = None, dtype: str = "float32",
                overwrite: bool = False, progress: bool = True) -> DetokenizeSummary:
-    """Decodes rows of codes to mono WAV files at the model's rate, one per row, named by `audio_path`.
+    """Decodes rows of codes to mono WAV files at the model's rate, one per row, named by `audio_path` and cropped
+    to the row's `n_samples` where it has one.
 
     On the CPU each row is decoded as `decode(s=codes)` does; on an accelerator many rows' windows are packed into
     full batches. The model is `model_name`, or the one the folder's manifest names.
@@ -646,12 +649,11 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
     config, summary = model.config, DetokenizeSummary()
     wanted = set(ids) if ids is not None else None
     batch_frames = PACK_BATCHES * BATCH_ELEMENTS // model.geometry.decoder_width if device != "cpu" else 0
-    waiting: list[tuple[str, Path, torch.Tensor]] = []
+    waiting: list[tuple[Path, torch.Tensor, Optional[int]]] = []
     seen: set[Path] = set()
 
-    def write(path: Path, audio: torch.Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        samples = audio[0, 0].float().cpu().numpy()
+    def write(path: Path, audio: torch.Tensor, n_samples: Optional[int]) -> None:
+        samples = audio[0, 0, :n_samples].float().cpu().numpy()  # the input's length, where the row records it
         write_atomically(path, lambda target: soundfile.write(target, samples, config.sampling_rate,
                                                                format="WAV", subtype="FLOAT"))
         summary.written += 1
@@ -659,16 +661,16 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
     @torch.inference_mode()
     def flush() -> None:
         if len(waiting) > 1:
-            audio = decode_packed(model.decoder, model.quantizer, [codes for _, _, codes in waiting], model.geometry)
-            for (_, path, _), decoded in zip(waiting, audio):
-                write(path, decoded)
-        for id, path, codes in waiting if len(waiting) == 1 else []:
-            write(path, model.decode(s=codes))
+            audio = decode_packed(model.decoder, model.quantizer, [codes for _, codes, _ in waiting], model.geometry)
+        else:
+            audio = [model.decode(s=codes) for _, codes, _ in waiting]
+        for (path, _, n_samples), decoded in zip(waiting, audio):
+            write(path, decoded, n_samples)
         bar.update(len(waiting))
         waiting.clear()
 
     with tqdm(unit="row", desc="detokenize", disable=not progress) as bar:
-        for id, cell, error in read_rows(source, wanted):
+        for id, cell, extra in read_rows(source, wanted):
             if cell is None:
                 summary.without_codes += 1
                 bar.update(1)
@@ -690,8 +692,8 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
                                      f"of {config.codebook_size}); give the model that made them with --model")
                 if codes.shape[-1] == 0:
                     raise ValueError("it holds no frames")
-                waiting.append((id, path, codes[None].to(model.device)))
-                if sum(c.shape[-1] for _, _, c in waiting) >= batch_frames:
+                waiting.append((path, codes[None].to(model.device), extra["n_samples"]))
+                if sum(c.shape[-1] for _, c, _ in waiting) >= batch_frames:
                     flush()
             except Exception as problem:
                 summary.failed.append((id, first_line(problem)))

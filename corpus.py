@@ -651,6 +651,7 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
     batch_frames = PACK_BATCHES * BATCH_ELEMENTS // model.geometry.decoder_width if device != "cpu" else 0
     waiting: list[tuple[Path, torch.Tensor, Optional[int]]] = []
     seen: set[Path] = set()
+    found: set[str] = set()  # ids of the rows read
 
     def write(path: Path, audio: torch.Tensor, n_samples: Optional[int]) -> None:
         samples = audio[0, 0, :n_samples].float().cpu().numpy()  # the input's length, where the row records it
@@ -671,6 +672,7 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
 
     with tqdm(unit="row", desc="detokenize", disable=not progress) as bar:
         for id, cell, extra in read_rows(source, wanted):
+            found.add(id)
             if cell is None:
                 summary.without_codes += 1
                 bar.update(1)
@@ -700,6 +702,5 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
                 bar.update(1)
         flush()
     if wanted is not None:
-        found = {id for id, _, _ in read_rows(source, wanted)}
         summary.failed += [(id, "no row has this id") for id in sorted(wanted - found)]
     return summary

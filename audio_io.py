@@ -20,15 +20,21 @@ PathLike = Union[str, os.PathLike]
 AudioInput = Union[PathLike, np.ndarray, torch.Tensor]
 SHAPES = "(time,), (channels, time) or (batch, channels, time)"
 WRITE_BLOCK = 1 << 18  # samples per call into libsndfile
-AUDIO_SUFFIXES = {f".{name.lower()}" for name in soundfile.available_formats()} | {".oga", ".opus"}  # readable
+# Sample rates that audio has: below, a rate is a mistake (samples per minute?); above, resampling to the model's
+# rate would run for minutes before anything could say so.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
 
 
 def check_sample_rate(sample_rate: object, name: str = "sample_rate") -> int:
-    """A sample rate in Hz: a positive int (numpy ints too); bools and floats are a TypeError."""
+    """A sample rate in Hz: an int (numpy ints too) in [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]; bools and floats are a
+    TypeError."""
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, Integral):
         raise TypeError(f"`{name}` must be an int in Hz, got {sample_rate!r} ({type(sample_rate).__name__}).")
     if sample_rate <= 0:
         raise ValueError(f"`{name}` must be a positive int in Hz, got {sample_rate!r}.")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"`{name}` must be a rate that audio has, {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz; got "
+                         f"{sample_rate!r}.")
     return int(sample_rate)
 
 
@@ -107,6 +113,9 @@ def load_audio(path: PathLike) -> tuple[np.ndarray, int]:
         data, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise ValueError(f"Could not read {os.fspath(path)!r} as audio: {error}") from error
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"{os.fspath(path)!r} claims a sample rate of {sample_rate} Hz; audio has "
+                         f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz.")
     return data.T, sample_rate  # (time, channels) -> (channels, time)
 
 
@@ -235,13 +244,17 @@ def prepare_blocks(blocks: Iterable[object], sample_rate: int, target_rate: int)
 # ----------------------------------------------------------------------------------------------------------------
 # Writing audio
 def check_waveform(waveform: object) -> torch.Tensor:
-    """One mono signal shaped (1, 1, samples), (1, samples) or (samples,) -> (samples,)."""
+    """One mono signal of finite float samples shaped (1, 1, samples), (1, samples) or (samples,) -> (samples,)."""
     waveform = check_tensor(waveform, "waveform")
+    if not waveform.is_floating_point():
+        raise TypeError(f"`waveform` must hold float samples, got {waveform.dtype}.")
     if waveform.numel() != waveform.shape[-1] or waveform.numel() == 0:
         raise ValueError(
             f"`waveform` must hold one mono signal, (1, 1, samples), got {tuple(waveform.shape)}; "
             "write each item of a batch separately."
         )
+    if not torch.isfinite(waveform).all():
+        raise ValueError("`waveform` contains NaN or Inf samples, which no audio file can hold; clean them first.")
     return waveform.reshape(-1)
 
 

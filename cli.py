@@ -5,50 +5,82 @@
     dac-codec info FILE.dac
 
 An INPUT is a file or a folder, walked recursively; each file becomes DIR/<its path relative to the folder, or its
-name> with the suffix `.dac` (encode) or `.wav` (decode). Files stream from disk in blocks, so memory stays flat
-whatever their length. Encoding does what the original's `compress` does before its single padded pass: it
-measures the loudness at the model's rate, normalises to -16 LUFS (`--no-normalize` leaves the level alone), keeps
-every channel's peak within 1 and encodes each channel on its own; decoding (our files, and the original's padded
-and windowed ones) restores each channel's loudness, resamples to the file's rate and length. Existing outputs are
-skipped unless --overwrite; a file that cannot be done is reported with its path and the reason, the others are
-done, and the command exits with status 1.
+name> with the suffix `.dac` (encode) or `.wav` (decode). Two inputs that would write one output (a.wav and a.flac,
+the same path under two folders, names equal up to case) are refused before any work. Files stream from disk in
+blocks, so memory stays flat whatever their length. Encoding does what the original's `compress` does before its
+single padded pass: it measures the loudness at the model's rate, normalises to -16 LUFS (`--no-normalize` leaves
+the level alone), keeps every channel's peak within 1 and encodes each channel on its own; decoding (our files, and
+the original's padded and windowed ones) restores each channel's loudness, resamples to the file's rate and length.
+A file records the model that made it (its name, architecture and weights' hash), and decoding refuses another.
+Existing outputs are skipped unless --overwrite; a file that cannot be done is reported with its path and the
+reason, the others are done, and the command exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
-import tempfile
+import threading
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional
 
 import numpy as np
 import soundfile
-import torch
 
-from .audio_io import AUDIO_SUFFIXES, prepare_blocks
-from .chunking import decode_unpadded
-from .dac_file import DacFile
-from .loading import DTYPES, first_line, load_model, write_atomically
+from .dac_file import DacFile, read_fields
+from .files import AUDIO_SUFFIXES, find_inputs, plan_outputs, write_atomically
+
+if TYPE_CHECKING:
+    import torch
+
+    from .modeling_dac import DacModel
 
 DEFAULT_MODEL = "descript/dac_44khz"
 TARGET_DB = -16.0  # the original's `compress` default
 BLOCK_SECONDS = 20.0  # audio read from disk per step
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+# What a user's mistake raises (a bad path, file, model or argument): one line, never a traceback. Anything else is
+# a bug and fails loudly.
+USER_ERRORS = (ValueError, OSError, ImportError)
 
 
-def find_inputs(inputs: list[str], suffixes: set[str]) -> list[tuple[Path, Path]]:
-    """(file, its output path without suffix, relative to the output folder) for every input file."""
-    found = []
-    for given in map(Path, inputs):
-        if given.is_dir():
-            for path in sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
-                found.append((path, path.relative_to(given).with_suffix("")))
-        else:
-            found.append((given, Path(given.stem)))  # a missing file is reported when its turn comes
-    return found
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (`dac-codec encode: error: ...`) instead of the usage and a line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def run_command(command: Callable[[], int]) -> int:
+    """Runs a command, turning a user error into one line on stderr (status 1) and Ctrl-C or SIGTERM into one
+    line (status 130): what the command leaves half done is removed on the way out, and what it finished is kept."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print("interrupted: what was finished is kept; run the same command again to go on", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        from .loading import first_line
+
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One file each way
 def _channel_blocks(path: Path, rate: int, gains: Optional[np.ndarray] = None,
                     progress: Callable[[float], None] = lambda seconds: None) -> Iterator[np.ndarray]:
     """The file's samples (channels, 1, t) in blocks, each channel an item, scaled by `gains` (channels,); calls
@@ -60,14 +92,16 @@ def _channel_blocks(path: Path, rate: int, gains: Optional[np.ndarray] = None,
         progress(block.shape[-1] / rate)
 
 
-def encode_file(model, path: Path, output: Path, n_quantizers: Optional[int], normalize: bool, name: str,
-                progress: Callable[[float], None] = lambda seconds: None) -> None:
-    """Writes the `.dac` file of one audio file, calling `progress` with the seconds encoded as it goes."""
+def encode_file(model: DacModel, path: Path, output: Path, n_quantizers: Optional[int], normalize: bool,
+                identity: dict[str, Any], progress: Callable[[float], None] = lambda seconds: None) -> None:
+    """Writes the `.dac` file of one audio file, recording `identity` (see `loading.model_identity`) as the model
+    that made it, calling `progress` with the seconds encoded as it goes."""
+    import torch
+
+    from .audio_io import prepare_blocks
     from .loudness import LoudnessMeter
 
-    info = soundfile.info(path)
-    if info.frames == 0:
-        raise ValueError("it holds no samples")
+    info = _audio_info(path)
     rate = model.config.sampling_rate
     meter, peaks = LoudnessMeter(rate), np.zeros(info.channels)
     for block in prepare_blocks(_channel_blocks(path, info.samplerate), info.samplerate, rate):  # (C, 1, t)
@@ -81,42 +115,77 @@ def encode_file(model, path: Path, output: Path, n_quantizers: Optional[int], no
     written = DacFile(codes=codes.cpu(), chunk_length=codes.shape[-1], original_length=info.frames,
                       input_db=torch.tensor([input_db], dtype=torch.float32), channels=info.channels,
                       sample_rate=info.samplerate, padding=True,
-                      model={"name": name, "sampling_rate": rate, "hop_length": model.config.hop_length,
+                      model={**identity, "sampling_rate": rate, "hop_length": model.config.hop_length,
                              "codebook_size": model.config.codebook_size})
     write_atomically(output, written.save)
 
 
-def decode_file(model, path: Path, output: Path, progress: Callable[[float], None] = lambda seconds: None) -> None:
+def _audio_info(path: Path) -> soundfile._SoundFileInfo:
+    try:
+        info = soundfile.info(path)
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise ValueError(f"it is not audio that libsndfile reads ({error})") from None
+    if info.frames <= 0:
+        raise ValueError("it holds no samples")
+    return info
+
+
+def check_file_fits(model: DacModel, identity: dict[str, Any], dac: DacFile, path: Path) -> None:
+    """Refuses a `.dac` file that the model cannot decode to what the file describes: made by another model (the
+    architecture and weights it records), codes the model lacks, a length its codes cannot make, a rate or a
+    channel layout that is not audio."""
+    from .audio_io import check_sample_rate
+    from .loading import check_identity
+
+    config, recorded = model.config, dac.model or {}
+    check_identity(recorded, identity, str(path))
+    made_by = {k: recorded.get(k) for k in ("sampling_rate", "hop_length", "codebook_size")}
+    if any(value is not None and value != getattr(config, key) for key, value in made_by.items()):
+        raise ValueError(f"it was made by {recorded.get('name')!r} ({made_by}), another model than the one given "
+                         f"({ {k: getattr(config, k) for k in made_by} }); pass that one with --model")
+    items, n_codebooks, frames = dac.codes.shape
+    if n_codebooks > config.n_codebooks or int(dac.codes.max()) >= config.codebook_size:
+        raise ValueError(f"its codes ({n_codebooks} codebooks, values up to {int(dac.codes.max())}) do not fit the "
+                         f"model ({config.n_codebooks} codebooks of {config.codebook_size}); pass the model that made "
+                         "it with --model")
+    if items != dac.channels:
+        raise ValueError(f"it holds {items} signals for {dac.channels} channels; batches are not supported")
+    check_sample_rate(dac.sample_rate, "metadata.sample_rate")
+    most = math.ceil(frames * config.hop_length * dac.sample_rate / config.sampling_rate) + 1  # the frames' span
+    if dac.original_length > most:
+        raise ValueError(f"its metadata.original_length {dac.original_length} is more than its {frames} frames of "
+                         f"codes can make ({most} samples at {dac.sample_rate} Hz)")
+
+
+def decode_file(model: DacModel, identity: dict[str, Any], path: Path, output: Path,
+                progress: Callable[[float], None] = lambda seconds: None) -> None:
     """Writes the audio of one `.dac` file at its original rate, channels and length, calling `progress` with the
     seconds written as it goes."""
+    from .audio_io import prepare_blocks
+    from .files import partial_path
     from .loudness import LoudnessMeter
 
     dac = DacFile.load(path)
-    made_by = {k: (dac.model or {}).get(k) for k in ("sampling_rate", "hop_length", "codebook_size")}
-    ours = {"sampling_rate": model.config.sampling_rate, "hop_length": model.config.hop_length,
-            "codebook_size": model.config.codebook_size}
-    if any(value is not None and value != ours[key] for key, value in made_by.items()):
-        raise ValueError(f"it was made by {(dac.model or {}).get('name')!r} ({made_by}), another model than the "
-                         f"one given ({ours}); pass that one with --model")
-    if dac.codes.shape[0] != dac.channels:
-        raise ValueError(f"it holds {dac.codes.shape[0]} signals for {dac.channels} channels; batches are not "
-                         "supported")
+    check_file_fits(model, identity, dac, path)
     rate, channels = model.config.sampling_rate, dac.channels
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent) as temporary:
-        # Pass 1: decode at the model's rate to a float file, measuring each channel's loudness.
+    # Pass 1: decode at the model's rate to a float scratch file beside the output (hidden, and not an audio
+    # suffix: never read back as an input), measuring each channel's loudness.
+    scratch = partial_path(output.with_name(output.name + ".decoding"))
+    try:
         meters = [LoudnessMeter(rate) for _ in range(channels)]
-        decoded = Path(temporary) / "decoded.wav"
-        with soundfile.SoundFile(decoded, "w", samplerate=rate, channels=channels, subtype="FLOAT") as file:
+        with soundfile.SoundFile(scratch, "w", samplerate=rate, channels=channels, format="WAV",
+                                 subtype="FLOAT") as file:
             for audio in _decoded(model, dac):
                 audio = audio[:, 0].float().cpu().numpy()  # (C, 1, t) -> (C, t)
                 for meter, channel in zip(meters, audio):
                     meter.add(channel[None])
                 file.write(audio.T)
         gains = np.array([10 ** ((float(dac.input_db[0]) - m.loudness()) / 20) for m in meters], np.float32)
+
         # Pass 2: restore the loudness, resample to the file's rate, keep its length.
         def restored():
-            for block in soundfile.blocks(decoded, blocksize=int(BLOCK_SECONDS * rate), dtype="float32",
+            for block in soundfile.blocks(scratch, blocksize=int(BLOCK_SECONDS * rate), dtype="float32",
                                           always_2d=True):
                 yield block.T[:, None, :] * gains[:, None, None]  # (t, C) -> (C, 1, t)
 
@@ -133,11 +202,17 @@ def decode_file(model, path: Path, output: Path, progress: Callable[[float], Non
                     file.write(np.zeros((remaining, channels), np.float32))
 
         write_atomically(output, write)
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
-def _decoded(model, dac: DacFile) -> Iterator[torch.Tensor]:
+def _decoded(model: DacModel, dac: DacFile) -> Iterator[torch.Tensor]:
     """The audio (channels, 1, t) of a `.dac` file at the model's rate, piece by piece: our padded files (and the
     original's single-pass ones) as one stream; the original's unpadded windows one window at a time, as it does."""
+    import torch
+
+    from .chunking import decode_unpadded
+
     codes = dac.codes.to(model.device)
     if dac.padding:
         yield from model.decode_stream(codes.split(model.config.decoding_chunk_size or 1024, dim=-1))
@@ -152,21 +227,23 @@ def _seconds(path: Path) -> float:
     try:
         info = soundfile.info(path)
         return info.frames / info.samplerate
-    except Exception:
+    except (soundfile.LibsndfileError, RuntimeError, ZeroDivisionError):
         return 0.0
 
 
 def info(path: str) -> str:
-    """What a `.dac` file holds, a line a field."""
-    dac = DacFile.load(path)
-    items, n_codebooks, frames = dac.codes.shape
-    duration = dac.original_length / dac.sample_rate
-    lines = [f"file: {path}", f"model: {(dac.model or {}).get('name', 'not recorded (written by the original)')}",
-             f"codebooks: {n_codebooks}", f"frames: {frames}", f"duration: {duration:.3f} s",
-             f"sample rate: {dac.sample_rate} Hz", f"channels: {dac.channels}", f"signals: {items}",
-             f"input loudness: {float(dac.input_db.reshape(-1)[0]):.2f} LUFS", f"padded: {dac.padding}",
-             f"chunk length: {dac.chunk_length} frames"]
-    recorded = dac.model or {}
+    """What a `.dac` file holds, a line a field (reads the file alone: no model, no torch)."""
+    dac = read_fields(path)
+    items, n_codebooks, frames = dac["codes"].shape
+    recorded = dac["model"] or {}
+    lines = [f"file: {path}", f"model: {recorded.get('name', 'not recorded (written by the original)')}",
+             f"codebooks: {n_codebooks}", f"frames: {frames}",
+             f"duration: {dac['original_length'] / dac['sample_rate']:.3f} s",
+             f"sample rate: {dac['sample_rate']} Hz", f"channels: {dac['channels']}", f"signals: {items}",
+             f"input loudness: {float(dac['input_db'][0]):.2f} LUFS", f"padded: {dac['padding']}",
+             f"chunk length: {dac['chunk_length']} frames"]
+    if recorded.get("weights_sha256"):
+        lines.append(f"weights sha256: {recorded['weights_sha256']}")
     if {"sampling_rate", "hop_length", "codebook_size"} <= recorded.keys():
         frame_rate = recorded["sampling_rate"] / recorded["hop_length"]
         bits = frame_rate * n_codebooks * math.log2(recorded["codebook_size"])
@@ -174,18 +251,19 @@ def info(path: str) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Commands
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="dac-codec", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="dac-codec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name in ("encode", "decode"):
         command = commands.add_parser(name, help=f"{name} files or folders")
         command.add_argument("inputs", nargs="+", metavar="INPUT")
         command.add_argument("--output", required=True, help="folder for the outputs (mirrors input folders)")
-        command.add_argument("--model", default=None, help=f"folder or Hub id (default {DEFAULT_MODEL}; decode: the "
-                                                           "model the file names, if it names one)")
-        command.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-        command.add_argument("--dtype", default="float32", choices=list(DTYPES))
+        command.add_argument("--model", default=None, help=f"folder, Hub id or original .pth (default {DEFAULT_MODEL}; "
+                                                           "decode: the model the file names, if it names one)")
+        command.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+        command.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
         command.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
         if name == "encode":
             command.add_argument("--n-quantizers", type=int, default=None, help="codebooks (bitrate); all by default")
@@ -194,53 +272,49 @@ def main(argv: Optional[list[str]] = None) -> int:
     _add_corpus_commands(commands)
     args = parser.parse_args(argv)
     if args.command in ("tokenize", "detokenize"):
-        return _corpus_command(args, argv)
-
+        return run_command(lambda: _corpus_command(args, argv))
     if args.command == "info":
-        try:
-            print(info(args.file))
-        except (ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        return 0
+        return run_command(lambda: print(info(args.file)) or 0)
+    return run_command(lambda: _files_command(args))
 
+
+def _files_command(args: argparse.Namespace) -> int:
+    """`encode` or `decode`: plans every output before any work, then does each file, reporting the bad ones."""
+    encoding = args.command == "encode"
+    jobs = find_inputs(args.inputs, AUDIO_SUFFIXES if encoding else {".dac"})
+    if not jobs:
+        raise ValueError(f"no {'audio' if encoding else '.dac'} files in {' '.join(args.inputs)}")
+    outputs = plan_outputs(jobs, Path(args.output), ".dac" if encoding else ".wav")
     from tqdm import tqdm
 
-    suffixes = AUDIO_SUFFIXES if args.command == "encode" else {".dac"}
-    jobs = find_inputs(args.inputs, suffixes)
-    if not jobs:
-        print("error: no input files found", file=sys.stderr)
-        return 1
-    name = args.model
-    if name is None and args.command == "decode":
-        try:
-            name = (DacFile.load(jobs[0][0]).model or {}).get("name")
-        except (ValueError, FileNotFoundError):
-            pass
-    name = name or DEFAULT_MODEL
-    try:
-        model = load_model(name).to(args.device, DTYPES[args.dtype])
-    except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    from .loading import load_model, model_identity, resolve_device
+
+    device, dtype = resolve_device(args.device, args.dtype)
+    name = args.model or (None if encoding else _recorded_model(jobs[0][0])) or DEFAULT_MODEL
+    model = load_model(name)
+    identity = model_identity(model, name)  # of the weights as stored, before any cast
+    model = model.to(device, dtype)
+    if encoding:
+        model.check_n_quantizers(args.n_quantizers)
 
     failed, done, skipped = [], 0, 0
-    total = sum(_seconds(path) for path, _ in jobs) if args.command == "encode" else None
+    total = sum(_seconds(path) for path, _ in jobs) if encoding else None
     with tqdm(total=total, unit="s", unit_scale=True, desc=f"{args.command} (audio)") as bar:
-        for index, (path, relative) in enumerate(jobs):
+        for index, ((path, _), output) in enumerate(zip(jobs, outputs)):
             bar.set_postfix({"file": f"{index + 1}/{len(jobs)}"})
-            output = Path(args.output) / relative.with_suffix(".dac" if args.command == "encode" else ".wav")
             if output.exists() and not args.overwrite:
                 skipped += 1
-                bar.update(_seconds(path) if args.command == "encode" else 0)
+                bar.update(_seconds(path) if encoding else 0)
                 continue
             try:
-                if args.command == "encode":
-                    encode_file(model, path, output, args.n_quantizers, not args.no_normalize, name, bar.update)
+                if encoding:
+                    encode_file(model, path, output, args.n_quantizers, not args.no_normalize, identity, bar.update)
                 else:
-                    decode_file(model, path, output, bar.update)
+                    decode_file(model, identity, path, output, bar.update)
                 done += 1
-            except Exception as error:  # one bad file is reported; the others are done
+            except USER_ERRORS as error:  # one bad file is reported; the others are done
+                from .loading import first_line
+
                 failed.append(f"{path}: {first_line(error)}")
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
@@ -249,24 +323,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 1 if failed else 0
 
 
+def _recorded_model(path: Path) -> Optional[str]:
+    """The model a `.dac` file names, if it names one and can be read (else it is reported when its turn comes)."""
+    with contextlib.suppress(ValueError, OSError):
+        return (read_fields(path)["model"] or {}).get("name")
+    return None
+
+
 def _add_corpus_commands(commands) -> None:
     tokenize = commands.add_parser(
         "tokenize", help="a corpus to Parquet shards of codes (resumable)",
-        description="Tokenizes every input of a folder of audio files (recursive), a text file of paths, or a "
-                    "Hugging Face dataset (a save_to_disk folder or a Hub id) into DIR/part-NNNNN.parquet and "
-                    "DIR/manifest.json; rerun the same command to resume.")
+        description="Tokenizes every input of a folder of audio files (recursive), one audio file, a text file of "
+                    "paths, or a Hugging Face dataset (a save_to_disk folder or a Hub id) into "
+                    "DIR/part-NNNNN.parquet and DIR/manifest.json; rerun the same command to resume.")
     tokenize.add_argument("input", metavar="INPUT")
     tokenize.add_argument("--output", required=True, metavar="DIR")
-    tokenize.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub id (default {DEFAULT_MODEL})")
+    tokenize.add_argument("--model", default=DEFAULT_MODEL, help=f"folder, Hub id or .pth (default {DEFAULT_MODEL})")
     tokenize.add_argument("--n-quantizers", type=int, default=None, help="codebooks (bitrate); all by default")
     tokenize.add_argument("--engine", choices=["local", "ray"], default="local")
-    tokenize.add_argument("--workers", type=int, default=1,
-                          help="local: CPU encoder processes, the cores split between them; ray: encoder actors")
+    tokenize.add_argument("--workers", type=int, default=None,
+                          help="local: CPU encoder processes, the cores split between them (1); ray: encoder actors "
+                               "(default: as many as fit, one a GPU or one a node)")
     tokenize.add_argument("--devices", default=None, help="e.g. cuda:0,cuda:1 (one encoder process each); "
                                                           "default cuda if available, else cpu")
     tokenize.add_argument("--readers", type=int, default=None, help="reader processes per encoder")
     tokenize.add_argument("--shard-size", type=int, default=None, metavar="FILES", help="inputs a shard (1000)")
-    tokenize.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    tokenize.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     tokenize.add_argument("--audio-column", default="audio", help="datasets: the audio column")
     tokenize.add_argument("--id-column", default=None, help="datasets: the column of ids (default: row index)")
     tokenize.add_argument("--split", default=None, help="datasets: the split")
@@ -277,31 +359,29 @@ def _add_corpus_commands(commands) -> None:
     detokenize.add_argument("--model", default=None, help="folder or Hub id (default: the one the manifest names)")
     detokenize.add_argument("--ids", nargs="+", default=None, help="only these rows")
     detokenize.add_argument("--device", default=None)
-    detokenize.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    detokenize.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     detokenize.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
 
 
-def _corpus_command(args, argv: Optional[list[str]]) -> int:
+def _corpus_command(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
     from . import corpus
 
-    try:
-        if args.command == "tokenize":
-            source = corpus.Corpus.open(args.input, args.audio_column, args.id_column, args.split)
-            summary = corpus.tokenize(
-                source, args.output, args.model, args.n_quantizers,
-                devices=args.devices.split(",") if args.devices else None, workers=args.workers,
-                readers=args.readers, shard_size=args.shard_size, dtype=args.dtype, engine=args.engine,
-                ray_address=args.ray_address, command=["dac-codec", *(sys.argv[1:] if argv is None else argv)])
-            done = (f"tokenize: {summary.tokenized} inputs tokenized in {summary.shards_done} shards, "
-                    f"{summary.shards_skipped} shards already done, {len(summary.failed)} failed")
-        else:
-            summary = corpus.detokenize(args.source, args.output, args.model, args.ids, args.device, args.dtype,
-                                        args.overwrite)
-            done = (f"detokenize: {summary.written} written, {summary.skipped} skipped (exist; --overwrite redoes "
-                    f"them), {summary.without_codes} rows without codes, {len(summary.failed)} failed")
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if args.command == "tokenize":
+        source = corpus.Corpus.open(args.input, args.audio_column, args.id_column, args.split)
+        summary = corpus.tokenize(
+            source, args.output, args.model, args.n_quantizers,
+            devices=args.devices.split(",") if args.devices else None, workers=args.workers,
+            readers=args.readers, shard_size=args.shard_size, dtype=args.dtype, engine=args.engine,
+            ray_address=args.ray_address, command=["dac-codec", *(sys.argv[1:] if argv is None else argv)])
+        done = (f"tokenize: {summary.tokenized} inputs tokenized in {summary.shards_done} shards, "
+                f"{summary.shards_skipped} shards already done, {len(summary.failed)} failed")
+        if summary.redone:
+            done += f"; {len(summary.redone)} shards redone ({summary.redone[0]})"
+    else:
+        summary = corpus.detokenize(args.source, args.output, args.model, args.ids, args.device, args.dtype,
+                                    args.overwrite)
+        done = (f"detokenize: {summary.written} written, {summary.skipped} skipped (exist; --overwrite redoes "
+                f"them), {summary.without_codes} rows without codes, {len(summary.failed)} failed")
     for id, why in summary.failed:
         print(f"failed: {id}: {why}", file=sys.stderr)
     print(done, file=sys.stderr)

@@ -11,6 +11,7 @@ streamed strategies in chunking.py, files and input preparation in audio_io.py.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Iterable, Iterator, Optional, Union
@@ -116,15 +117,35 @@ class DacModel(PreTrainedModel):
             nn.init.normal_(module.weight)
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> "DacModel":
-        model = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "DacModel":
+        """transformers' `from_pretrained`, strict: a weight missing from the checkpoint, one it has too much or
+        of another shape, or a damaged weights file is a `ValueError` that names the checkpoint (transformers would
+        initialise what is missing at random and go on)."""
+        from safetensors import SafetensorError
+
+        wants_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True  # reported below, with the rest, rather than raised mid-load
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
+        except SafetensorError as error:
+            raise ValueError(f"The weights of {os.fspath(pretrained_model_name_or_path)!r} are damaged or truncated "
+                             f"({str(error).strip().splitlines()[0]}).") from None
+        problems = {what: sorted(str(k[0] if isinstance(k, tuple) else k) for k in info[key])
+                    for what, key in (("missing", "missing_keys"), ("unexpected", "unexpected_keys"),
+                                      ("mis-shaped", "mismatched_keys")) if info.get(key)}
+        if problems or info.get("error_msgs"):
+            found = "; ".join(f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                              for what, names in problems.items()) or info["error_msgs"][0]
+            raise ValueError(f"The weights of {os.fspath(pretrained_model_name_or_path)!r} do not fit its config: "
+                             f"{found}.")
         # safetensors may hand out views at any byte offset of the file; oneDNN picks other kernels (other float
         # rounding, less speed) for unaligned weights, so give every parameter its own aligned storage.
         with torch.no_grad():
             for parameter in model.parameters():
                 if parameter.data_ptr() % 64:
                     parameter.data = parameter.data.clone()
-        return model
+        return (model, info) if wants_info else model
 
     @property
     def hop_length(self) -> int:
@@ -187,7 +208,7 @@ class DacModel(PreTrainedModel):
         """
         if lengths is not None:
             return self._encode_padded_batch(audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths)
-        n_quantizers = self._n_quantizers(n_quantizers)
+        n_quantizers = self.check_n_quantizers(n_quantizers)
         chunk = self._chunk("chunk_size_in_sec", chunk_size_in_sec)
         audio = prepare_audio(audio, sample_rate, self.sampling_rate).to(self.device, self.dtype)
         widest = audio.shape[0] * self.num_frames(audio.shape[-1]) * self.geometry.encoder_width
@@ -280,7 +301,7 @@ class DacModel(PreTrainedModel):
             Codes (batch, n_quantizers, frames) for the frames determined so far and not yet yielded.
         """
         blocks = check_blocks(blocks)
-        n_quantizers = self._n_quantizers(n_quantizers)
+        n_quantizers = self.check_n_quantizers(n_quantizers)
         chunk = self._chunk("chunk_size_in_sec", chunk_size_in_sec) * self.hop_length
         audio = prepare_blocks(blocks, check_sample_rate(sample_rate), self.sampling_rate)
         return self._encode_stream(audio, n_quantizers, chunk)
@@ -332,7 +353,7 @@ class DacModel(PreTrainedModel):
             raise (ValueError if x.is_floating_point() else TypeError)(
                 f"`input_values` must be float audio shaped (batch, 1, samples), got {x.dtype} {tuple(x.shape)}."
             )
-        length, n_quantizers = x.shape[-1], self._n_quantizers(n_quantizers)
+        length, n_quantizers = x.shape[-1], self.check_n_quantizers(n_quantizers)
         x = nn.functional.pad(x, (0, self.num_frames(length) * self.hop_length - length))
         q = self.quantizer(self.encoder(x), n_quantizers)
         weights = self.config.commitment_loss_weight, self.config.codebook_loss_weight
@@ -343,7 +364,9 @@ class DacModel(PreTrainedModel):
 
     # ----------------------------------------------------------------------------------------------------------
     # Argument checks
-    def _n_quantizers(self, n_quantizers: Optional[int]) -> int:
+    def check_n_quantizers(self, n_quantizers: Optional[int]) -> int:
+        """A codebook count for this model: `n_quantizers` checked to be an int in [1, n_codebooks], or all of them
+        for None. A bool or float is a TypeError, an int out of range a ValueError."""
         if n_quantizers is None:
             return self.config.n_codebooks
         allowed = f"`n_quantizers` must be an int in [1, {self.config.n_codebooks}], got {n_quantizers!r}."
@@ -387,6 +410,8 @@ class DacModel(PreTrainedModel):
         codes = check_tensor(codes, name)
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise TypeError(f"`{name}` (codes) must be an integer tensor, got {codes.dtype}.")
+        if codes.dtype in (torch.uint16, torch.uint32, torch.uint64):  # as files store them; torch's min/max lack them
+            codes = codes.to(torch.long)
         codes = codes[None] if codes.dim() == 2 else codes
         if codes.dim() != 3 or codes.shape[0] == 0 or (codes.shape[-1] == 0 and not allow_empty):
             raise ValueError(f"`{name}` (codes) must be shaped (batch, n_codebooks, frames) with batch and frames "
@@ -407,7 +432,7 @@ class DacModel(PreTrainedModel):
             items = [self.encode(audio[i : i + 1, :, :n], sample_rate, n_quantizers, chunk_size_in_sec)
                      for i, n in enumerate(lengths)]
             return DacEncoderOutput(*stack_padded(items))
-        n_quantizers = self._n_quantizers(n_quantizers)
+        n_quantizers = self.check_n_quantizers(n_quantizers)
         chunk = None if chunk_size_in_sec is None else self._chunk("chunk_size_in_sec", chunk_size_in_sec)
         chunks = PACK_CHUNKS if chunk is None else (chunk or max(lengths),)  # 0: each item one window
         signals = [prepare_audio(audio[i : i + 1, :, :n], sample_rate, self.sampling_rate).to(self.device, self.dtype)

@@ -119,7 +119,8 @@ def run_model_only(spec: dict) -> dict:
     model = DacModel.from_pretrained(spec["model"])
     rate = model.sampling_rate
     source = corpus.Corpus.open(spec["corpus"])
-    signals = [corpus.read_input(source, str(path), rate)[0] for path in audio_files(Path(spec["corpus"]))]
+    reader = corpus.InputReader(source, rate)
+    signals = [reader.read(str(path)).samples for path in audio_files(Path(spec["corpus"]))]
     model.encode(signals[1], rate)  # warm-up on the 0.5 s file
     start = time.perf_counter()
     codes = [model.encode(x, rate).codes for x in signals]

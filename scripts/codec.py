@@ -2,15 +2,14 @@
 
     python scripts/codec.py --model descript/dac_44khz --input speech.wav --output-dir out/
 
---model takes a folder or Hub id of this package's format, or a transformers `DacModel` checkpoint (such as
-descript/dac_44khz), which is converted on the fly. Without --input a 5 s test signal (a chirp and a chord) is used.
+--model takes a folder or Hub id of this package's format, a transformers `DacModel` checkpoint (such as
+descript/dac_44khz), converted on the fly, or an original release checkpoint (.pth). Without --input a 5 s test signal (a chirp and a chord) is used.
 Writes <name>.codes.safetensors and <name>.decoded.wav and prints the shapes, the bitrate and the reconstruction SNR.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -21,21 +20,11 @@ import soundfile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import convert_checkpoint  # noqa: E402
+import dac_package  # noqa: E402
 
-
-def load_model(name: str):
-    """Our model from a folder or Hub id; transformers DacModel checkpoints are converted in memory."""
-    from transformers import AutoModel
-
-    config_file = Path(name) / "config.json"
-    if not config_file.is_file():
-        from huggingface_hub import hf_hub_download
-
-        config_file = Path(hf_hub_download(name, "config.json"))
-    if json.loads(config_file.read_text()).get("model_type") == "dac":
-        return convert_checkpoint.load_model_by_name(name)
-    return AutoModel.from_pretrained(name, trust_remote_code=True)
+dac_package.load()
+cli = __import__("dac_codec.cli", fromlist=["cli"])
+loading = __import__("dac_codec.loading", fromlist=["loading"])
 
 
 def test_signal(sample_rate: int, seconds: float = 5.0) -> np.ndarray:
@@ -45,16 +34,21 @@ def test_signal(sample_rate: int, seconds: float = 5.0) -> np.ndarray:
     return (0.4 * chirp + 0.3 * chord).astype(np.float32)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    return cli.run_command(lambda: _codec(argv))
+
+
+def _codec(argv) -> int:
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="folder or Hub id")
     parser.add_argument("--input", help="audio file (wav, flac, ogg, mp3); a test signal if left out")
     parser.add_argument("--output-dir", default="out")
     parser.add_argument("--n-quantizers", type=int, help="codebooks to use (bitrate); all by default")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    args = parser.parse_args(argv)
 
-    model = load_model(args.model).to(args.device)
+    device, _ = loading.resolve_device(args.device)
+    model = loading.load_model(args.model).to(device)
     rate = model.config.sampling_rate
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -79,14 +73,15 @@ def main() -> None:
     bitrate = s.shape[1] * math.log2(model.config.codebook_size) * model.config.frame_rate
     print(f"input: {seconds:.2f} s at {original_rate} Hz; model: {rate} Hz, hop {model.config.hop_length}")
     print(f"codes: {tuple(s.shape)} ({bitrate / 1000:.1f} kbps); decoded: {tuple(waveform.shape)}")
-    print(f"encode {encoded - start:.2f} s, decode {decoded - encoded:.2f} s on {args.device}")
+    print(f"encode {encoded - start:.2f} s, decode {decoded - encoded:.2f} s on {device}")
     if original_rate == rate:
         n = min(original.shape[-1], waveform.shape[-1])
         reference, error = original[:n], original[:n] - waveform[0, 0, :n].cpu()
         snr = 10 * torch.log10(reference.pow(2).sum() / error.pow(2).sum().clamp_min(1e-20))
         print(f"reconstruction SNR: {snr:.1f} dB")
     print(f"wrote {output_dir / (name + '.codes.safetensors')} and {output_dir / (name + '.decoded.wav')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

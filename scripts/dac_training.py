@@ -24,6 +24,7 @@ from torch.nn.utils.parametrizations import weight_norm
 # conf/base.yml: the weights of the generator's losses ("lambdas"); stft and waveform losses are logged, weight 0
 LAMBDAS = {"mel": 15.0, "feat": 2.0, "gen": 1.0, "commitment": 0.25, "codebook": 1.0}
 BANDS = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))  # MRD's bands, fractions of the bins
+MIN_SAMPLES = 2048  # the shortest excerpt the losses take: their widest STFT window reflect-pads half of it
 
 
 # ----------------------------------------------------------------------------------------------------------------

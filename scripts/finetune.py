@@ -21,7 +21,7 @@ written: it loads with `AutoModel.from_pretrained("OUTPUT/model", trust_remote_c
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -34,7 +34,10 @@ import convert_checkpoint  # noqa: E402
 import dac_training  # noqa: E402
 
 audio_io = sys.modules["dac_codec.audio_io"]
-AUDIO_SUFFIXES = {f".{name.lower()}" for name in soundfile.available_formats()} | {".oga", ".opus"}
+cli = __import__("dac_codec.cli", fromlist=["cli"])
+files = sys.modules["dac_codec.files"]
+loading = sys.modules["dac_codec.loading"]
+MAX_DURATION = 60.0  # seconds per excerpt: the original trains on 0.38 s; more is a mistake that fills memory
 
 
 class Excerpts:
@@ -43,15 +46,17 @@ class Excerpts:
     def __init__(self, folder: str, sample_rate: int, seconds: float, generator: torch.Generator):
         self.sample_rate, self.seconds, self.generator = sample_rate, seconds, generator
         self.files, self.skipped = [], []
-        paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"No such folder: {folder!r} (--data takes a folder of audio files).")
+        paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in files.AUDIO_SUFFIXES and p.is_file())
         for path in paths:
             try:
                 info = soundfile.info(path)
                 if info.frames == 0:
                     raise ValueError("it holds no samples")
                 self.files.append((path, info.frames, info.samplerate))
-            except Exception as error:  # corrupt, empty, not audio: reported, the others are used
-                self.skipped.append(f"{path}: {error}")
+            except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:  # corrupt, empty, not audio
+                self.skipped.append(f"{path}: {loading.first_line(error)}")
         if not self.files:
             raise ValueError(f"No readable audio file under {folder!r} ({len(self.skipped)} could not be read).")
 
@@ -69,8 +74,8 @@ class Excerpts:
             try:
                 data, _ = soundfile.read(path, start=start, frames=wanted, dtype="float32", always_2d=True)
                 audio = audio_io.prepare_audio(data.T, rate, self.sample_rate)[0, 0, :length]  # mono, model rate
-            except Exception as error:  # a file that breaks mid-way (NaN samples, a damaged frame): drop it
-                print(f"skipped {path}: {error}", file=sys.stderr)
+            except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:  # breaks mid-way: drop it
+                print(f"skipped {path}: {loading.first_line(error)}", file=sys.stderr)
                 del self.files[index]
                 continue
             batch[item, 0, : audio.shape[-1]] = audio  # files shorter than an excerpt are zero-padded
@@ -139,29 +144,52 @@ class Trainer:
                 "schedulers": [s.state_dict() for s in self.schedulers], "scaler": self.scaler.state_dict(),
                 "torch_rng": torch.get_rng_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        saved = convert_checkpoint.DacConfig.from_dict(state["config"])
+    def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
+        """Resumes from `state_dict()`'s output; one of another model, or not of this trainer, is a ValueError."""
+        try:
+            saved = convert_checkpoint.DacConfig.from_dict(state["config"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source} is not a fine-tuning checkpoint ({loading.first_line(error)}).") from None
         if saved.architecture() != self.generator.config.architecture():
-            raise ValueError("The checkpoint in --output was made with another model; give another --output.")
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        for target, saved in zip([*self.optimizers, *self.schedulers, self.scaler],
-                                 [*state["optimizers"], *state["schedulers"], state["scaler"]]):
-            target.load_state_dict(saved)
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.step = state["step"]
+            raise ValueError(f"{source} was made with another model; give another --output.")
+        try:
+            self.generator.load_state_dict(state["generator"])
+            self.discriminator.load_state_dict(state["discriminator"])
+            for target, saved in zip([*self.optimizers, *self.schedulers, self.scaler],
+                                     [*state["optimizers"], *state["schedulers"], state["scaler"]], strict=True):
+                target.load_state_dict(saved)
+            torch.set_rng_state(state["torch_rng"].cpu())
+            self.step = int(state["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:  # strict loads of a damaged checkpoint
+            raise ValueError(f"{source} does not fit this trainer ({loading.first_line(error)}); give another "
+                             "--output.") from None
 
 
 def save_checkpoint(trainer: Trainer, data: Excerpts, path: Path) -> None:
-    """Writes the checkpoint to a temporary name and renames it: an interruption never leaves half a file."""
+    """Writes the checkpoint under a temporary name and renames it: an interruption never leaves half a file."""
     state = {**trainer.state_dict(), "data_rng": data.generator.get_state()}
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    files.write_atomically(path, lambda target: torch.save(state, target))
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def load_checkpoint(trainer: Trainer, data: Excerpts, path: Path) -> None:
+    try:
+        state = torch.load(path, map_location=trainer.device, weights_only=True)
+    except Exception as error:  # truncated, or not a checkpoint: a file from elsewhere is data
+        raise ValueError(f"{path} does not read back as a checkpoint ({loading.first_line(error)}); delete it to "
+                         "start over.") from None
+    if not isinstance(state, dict) or not isinstance(state.get("data_rng"), torch.Tensor):
+        raise ValueError(f"{path} is not a fine-tuning checkpoint; delete it to start over.")
+    trainer.load_state_dict(state, str(path))
+    data.generator.set_state(state["data_rng"].cpu())
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Runs fine-tuning; a user error is one line and status 1, Ctrl-C saves a checkpoint at the step's end."""
+    return cli.run_command(lambda: _finetune(argv))
+
+
+def _finetune(argv: Optional[list[str]]) -> int:
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="folder or Hub id (ours or transformers'), or a .pth")
     parser.add_argument("--data", required=True, help="folder of audio files, searched recursively")
     parser.add_argument("--output", required=True, help="folder for checkpoint.pt and the final model/")
@@ -171,29 +199,33 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--quantizer-dropout", type=float, default=1.0, help="base.yml: 1.0")
     parser.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="mixed on CUDA")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size", "save_every"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-    if not 0 < args.duration or not 0 <= args.quantizer_dropout <= 1:
-        parser.error("--duration must be positive and --quantizer-dropout in [0, 1].")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.quantizer_dropout <= 1:
+        parser.error(f"--quantizer-dropout must be in [0, 1], got {args.quantizer_dropout}")
+    if not 0 < args.lr < 1:
+        parser.error(f"--lr must be in (0, 1), got {args.lr}")
+    device, _ = loading.resolve_device(args.device)
 
     from tqdm import tqdm
 
     torch.manual_seed(args.seed)
-    loaded = convert_checkpoint.load_model(args.model)
+    loaded = loading.load_model(args.model)
     config = convert_checkpoint.DacConfig.from_dict({**loaded.config.to_dict(),
                                                      "quantizer_dropout": args.quantizer_dropout})
+    shortest = max(config.hop_length, dac_training.MIN_SAMPLES) / config.sampling_rate
+    if not shortest <= args.duration <= MAX_DURATION:
+        parser.error(f"--duration must be {shortest:.3f} to {MAX_DURATION:g} seconds for this model, got "
+                     f"{args.duration}")
     model = convert_checkpoint.DacModel(config)  # the config drives construction, dropout included
     model.load_state_dict(loaded.state_dict())
-    trainer = Trainer(model.to(args.device), lr=args.lr, precision=args.precision)
-    try:
-        data = Excerpts(args.data, config.sampling_rate, args.duration, torch.Generator().manual_seed(args.seed))
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    trainer = Trainer(model.to(device), lr=args.lr, precision=args.precision)
+    data = Excerpts(args.data, config.sampling_rate, args.duration, torch.Generator().manual_seed(args.seed))
     for problem in data.skipped:
         print(f"skipped {problem}", file=sys.stderr)
 
@@ -201,24 +233,55 @@ def main(argv: Optional[list[str]] = None) -> None:
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = output / "checkpoint.pt"
     if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=args.device, weights_only=True)
-        trainer.load_state_dict(state)
-        data.generator.set_state(state["data_rng"].cpu())
+        load_checkpoint(trainer, data, checkpoint)
         print(f"resumed from {checkpoint} at step {trainer.step}", file=sys.stderr)
 
-    with tqdm(total=args.steps, initial=trainer.step, unit="step", desc="fine-tuning") as bar:
+    with _stop_requests() as stop, tqdm(total=args.steps, initial=trainer.step, unit="step",
+                                        desc="fine-tuning") as bar:
         while trainer.step < args.steps:
             losses = trainer.train_step(data.batch(args.batch_size))
             bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
             bar.update()
-            if trainer.step % args.save_every == 0 or trainer.step == args.steps:
+            if trainer.step % args.save_every == 0 or trainer.step == args.steps or stop:
                 save_checkpoint(trainer, data, checkpoint)
+            if stop:
+                raise KeyboardInterrupt  # at a step's end, its checkpoint written: one line, and the rerun resumes
 
     model = trainer.generator.eval().cpu()
     model.remove_weight_norm()
     folder = convert_checkpoint.write_model_folder(model, output / "model")
     print(f"wrote {folder}: load it with AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)")
+    return 0
+
+
+class _StopRequests(list):
+    """True once Ctrl-C or SIGTERM came (the first one; a second stops at once)."""
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+
+def _stop_requests():
+    import contextlib
+
+    @contextlib.contextmanager
+    def handled():
+        requests = _StopRequests()
+
+        def request(signum, frame):
+            if requests:
+                raise KeyboardInterrupt
+            requests.append(signum)
+
+        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield requests
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    return handled()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -224,8 +224,8 @@ def test_packed_tokenizer_gives_each_signals_codes(model, many):
     tokenizer = corpus.Tokenizer(model, 3)
     assert tokenizer.batch_frames == 0  # the CPU encodes each input on its own
     tokenizer.batch_frames = 10**6
-    signals = [corpus.read_input(corpus.Corpus.open(str(many)), str(p), model.sampling_rate)[0]
-               for p in sorted(many.iterdir())]
+    reader = corpus.InputReader(corpus.Corpus.open(str(many)), model.sampling_rate)
+    signals = [reader.read(str(p)).samples for p in sorted(many.iterdir())]
     for x, codes in zip(signals, tokenizer(signals)):
         assert codes.dtype == np.int16
         assert torch.equal(torch.from_numpy(codes).long(), model.encode(x, model.sampling_rate, 3).codes[0])
@@ -234,12 +234,12 @@ def test_packed_tokenizer_gives_each_signals_codes(model, many):
 def test_a_reader_process_that_dies_is_replaced(data, model):
     """A decoder crashing on a broken file kills its reader process: the pool is replaced and the reads go on."""
     with corpus.Readers(corpus.Corpus.open(str(data)), model.sampling_rate, 1) as readers:
-        assert readers.result(readers.submit(str(data / "tone.wav")))[1] == 16000
+        assert readers.result(readers.submit(str(data / "tone.wav"))).source_rate == 16000
         pending = readers.submit(str(data / "speech.flac"))
         for process in list(readers.pool._processes.values()):
             process.kill()
         later = readers.submit(str(data / "music" / "song.mp3"))
-        assert readers.result(pending)[1] == 22050 and readers.result(later)[1] == 48000
+        assert readers.result(pending).source_rate == 22050 and readers.result(later).source_rate == 48000
 
 
 def test_detokenize_gives_the_audio_of_decode(tokenized, model, tmp_path):
@@ -251,7 +251,9 @@ def test_detokenize_gives_the_audio_of_decode(tokenized, model, tmp_path):
         path = tmp_path / "audio" / (row["id"].rsplit(".", 1)[0] + ".wav")
         audio, rate = soundfile.read(path, dtype="float32")
         assert rate == model.sampling_rate
-        expected = model.decode(s=torch.tensor(row["codes"])[None])[0, 0, : row["n_samples"]]  # the input's length
+        decoded = model.decode(s=torch.tensor(row["codes"])[None])[0, 0, : row["n_samples"]]
+        assert audio.shape == (row["n_samples"],)  # the input's length exactly: the decoder's last 8 samples padded
+        expected = torch.nn.functional.pad(decoded, (0, row["n_samples"] - decoded.shape[-1]))
         assert torch.equal(torch.from_numpy(audio), expected), row["id"]  # same path, float WAV: the same bits
     again = corpus.detokenize(output, tmp_path / "audio", ids=[rows[0]["id"], "nope"], progress=False)
     assert again.skipped == 1 and again.failed == [("nope", "no row has this id")]
@@ -280,7 +282,7 @@ def test_command_line(tree, many, tmp_path, capsys, monkeypatch):
     assert cli.main(["detokenize", str(tmp_path / "t"), "--output", str(tmp_path / "a"), "--ids", "clip03.flac"]) == 0
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["clip03.wav"]
     assert cli.main(["tokenize", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "x")]) == 1
-    assert "No folder, list of paths or dataset" in capsys.readouterr().err
+    assert "No folder, audio file, list of paths or dataset" in capsys.readouterr().err
     monkeypatch.setattr(pytest.importorskip("datasets").config, "HF_HUB_OFFLINE", True)  # no retries
     assert cli.main(["tokenize", "no-owner/no-dataset", "--output", str(tmp_path / "x"), "--model",
                      str(tree / "model")]) == 1

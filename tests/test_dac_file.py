@@ -14,8 +14,9 @@ DacFile = dac_file.DacFile
 
 
 def example(generator, model=None):
+    """Two mono signals of 9 codebooks, each with its loudness."""
     return DacFile(codes=torch.randint(0, 1024, (2, 9, 37), generator=generator), chunk_length=37,
-                   original_length=18_900, input_db=torch.tensor([-23.5, -18.25]), channels=2, sample_rate=44100,
+                   original_length=18_900, input_db=torch.tensor([-23.5, -18.25]), channels=1, sample_rate=44100,
                    padding=True, model=model)
 
 
@@ -42,7 +43,7 @@ def test_the_original_reads_ours_and_we_read_the_originals(tmp_path, generator):
     same(original.DACFile.load(tmp_path / "ours.dac"), ours)  # our extra `model` key is ignored there
 
     theirs = original.DACFile(codes=ours.codes, chunk_length=37, original_length=18_900,
-                              input_db=torch.tensor([-23.5, -18.25]), channels=2, sample_rate=44100, padding=False,
+                              input_db=torch.tensor([-23.5, -18.25]), channels=1, sample_rate=44100, padding=False,
                               dac_version="1.0.0")
     path = theirs.save(tmp_path / "theirs")  # the original adds the suffix
     loaded = DacFile.load(path)

@@ -7,7 +7,7 @@ import dac_package
 
 MODEL = ("configuration_dac.py", "streaming.py", "dac_layers.py", "chunking.py", "audio_io.py", "modeling_dac.py")
 # what the package adds for the command line; not shipped to the Hub
-LAYERS = (*MODEL, "loading.py", "dac_file.py", "loudness.py", "corpus.py", "corpus_ray.py", "cli.py", "__init__.py")
+LAYERS = (*MODEL, "files.py", "processes.py", "loading.py", "dac_file.py", "loudness.py", "corpus.py", "corpus_ray.py", "cli.py", "__init__.py")
 
 
 def relative_imports(name):

@@ -1,0 +1,50 @@
+"""Worker processes that die with their parent.
+
+A tool that starts processes (the corpus's readers and encoders) calls `start_child` first thing in each of them:
+the child then ends when its parent does, even when the parent is killed outright (SIGKILL gives it no chance to
+stop anyone), and leaves Ctrl-C to the parent, which stops its children and says so in one line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from typing import Iterable, Optional
+
+_PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+
+
+def start_child(threads: Optional[int] = None) -> None:
+    """Called first in a spawned child: die with the parent, ignore Ctrl-C (the parent handles it), and run torch
+    on `threads` threads where given."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if sys.platform.startswith("linux"):
+        # The kernel kills this process when the thread that started it ends; ours are started by the parent's
+        # main thread, which ends with the parent.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took hold
+            os._exit(1)
+    elif parent is not None:  # elsewhere: a thread that waits for the parent's end
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def stop(processes: Iterable[multiprocessing.Process], timeout: float = 10.0) -> None:
+    """Terminates the processes that are still running and waits for them (killing those that linger)."""
+    processes = list(processes)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()

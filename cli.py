@@ -19,7 +19,6 @@ reason, the others are done, and the command exits with status 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import signal
 import sys
@@ -287,7 +286,8 @@ def _files_command(args: argparse.Namespace) -> int:
     outputs = plan_outputs(jobs, Path(args.output), ".dac" if encoding else ".wav")
     from tqdm import tqdm
 
-    from .loading import load_model, model_identity, resolve_device
+    from . import loudness  # noqa: F401  (scipy: missing, it is one error before any file, not one per file)
+    from .loading import first_line, load_model, model_identity, resolve_device
 
     device, dtype = resolve_device(args.device, args.dtype)
     name = args.model or (None if encoding else _recorded_model(jobs[0][0])) or DEFAULT_MODEL
@@ -312,9 +312,7 @@ def _files_command(args: argparse.Namespace) -> int:
                 else:
                     decode_file(model, identity, path, output, bar.update)
                 done += 1
-            except USER_ERRORS as error:  # one bad file is reported; the others are done
-                from .loading import first_line
-
+            except (ValueError, OSError) as error:  # one bad file is reported; the others are done
                 failed.append(f"{path}: {first_line(error)}")
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
@@ -324,10 +322,21 @@ def _files_command(args: argparse.Namespace) -> int:
 
 
 def _recorded_model(path: Path) -> Optional[str]:
-    """The model a `.dac` file names, if it names one and can be read (else it is reported when its turn comes)."""
-    with contextlib.suppress(ValueError, OSError):
-        return (read_fields(path)["model"] or {}).get("name")
-    return None
+    """The model a `.dac` file names, if it names one and can be read (else it is reported when its turn comes).
+
+    Raises:
+        ValueError: The file names its model by a relative path and records no weights to check it by (files of
+            earlier versions): from another folder that path may be another model.
+    """
+    try:
+        recorded = read_fields(path)["model"] or {}
+    except (ValueError, OSError):
+        return None
+    name = recorded.get("name")
+    if name and not recorded.get("weights_sha256") and Path(name).exists() and not Path(name).is_absolute():
+        raise ValueError(f"{path} names its model by the relative path {name!r} and records no weights to check it "
+                         "by; give the model with --model")
+    return name
 
 
 def _add_corpus_commands(commands) -> None:
@@ -373,8 +382,8 @@ def _corpus_command(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
             devices=args.devices.split(",") if args.devices else None, workers=args.workers,
             readers=args.readers, shard_size=args.shard_size, dtype=args.dtype, engine=args.engine,
             ray_address=args.ray_address, command=["dac-codec", *(sys.argv[1:] if argv is None else argv)])
-        done = (f"tokenize: {summary.tokenized} inputs tokenized in {summary.shards_done} shards, "
-                f"{summary.shards_skipped} shards already done, {len(summary.failed)} failed")
+        done = (f"tokenize: {summary.tokenized} inputs tokenized, {len(summary.failed)} failed ({summary.shards_done} "
+                f"shards done now, {summary.shards_skipped} already done)")
         if summary.redone:
             done += f"; {len(summary.redone)} shards redone ({summary.redone[0]})"
     else:

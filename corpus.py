@@ -41,9 +41,9 @@ import torch
 
 from .audio_io import load_audio, prepare_audio
 from .chunking import BATCH_ELEMENTS, decode_packed, encode_packed
-from .files import AUDIO_SUFFIXES, write_atomically
+from .files import AUDIO_SUFFIXES, check_output_folder, write_atomically
 from .loading import DTYPES, check_identity, first_line, load_model, model_identity, resolve_device
-from .processes import start_child, stop
+from .processes import spawning, start_child, stop
 
 FORMAT = "dac-codec tokens 2"
 MANIFEST = "manifest.json"
@@ -269,6 +269,9 @@ class Readers:
             self.pool = ProcessPoolExecutor(self.processes, multiprocessing.get_context("spawn"),
                                             initializer=_start_reader,
                                             initargs=(self.reader.corpus, self.reader.sample_rate))
+            with spawning():  # each submit to an idle-less pool starts a process: start them all here
+                for _ in range(self.processes):
+                    self.pool.submit(_alive)
 
     def submit(self, reference) -> tuple:
         if self.pool is None:  # no reader processes: read when the result is asked for
@@ -386,6 +389,7 @@ def read_manifest(path: Path) -> dict:
 def prepare_output(output: Path, manifest: dict) -> None:
     """Writes the manifest into a new or empty folder, or checks that a folder's own manifest matches (resuming);
     removes what an interrupted run left half-written."""
+    check_output_folder(output)
     output.mkdir(parents=True, exist_ok=True)
     path = output / MANIFEST
     if path.is_file():
@@ -587,6 +591,7 @@ class Summary:
     shards_done: int = 0
     shards_skipped: int = 0
     redone: list = field(default_factory=list)  # why each redone shard was not done
+    ray: Any = None  # the Ray engine's `RayRun`: its actors and the nodes they ran on
 
 
 def tokenize(
@@ -661,8 +666,8 @@ def tokenize(
         if engine == "ray":
             from .corpus_ray import tokenize_ray
 
-            tokenize_ray(model_name, model.sampling_rate, corpus, pending, output, n_quantizers, dtype, workers,
-                         report, ray_address)
+            summary.ray = tokenize_ray(model_name, model.sampling_rate, corpus, pending, output, n_quantizers, dtype,
+                                       workers, report, ray_address)
         elif encoders == 1 and pending:
             model.to(*resolve_device(devices[0], dtype))
             tokenize_shards(model, corpus, pending, output, n_quantizers, readers, report)
@@ -694,8 +699,9 @@ def _run_encoder_processes(model_name: str, devices: list[str], dtype: str, thre
     processes = [context.Process(target=_encoder_process, name=f"dac-codec encoder {device}",
                                  args=(model_name, device, dtype, threads, corpus, str(output), n_quantizers,
                                        readers, jobs, reports)) for device in devices]
-    for process in processes:
-        process.start()
+    with spawning():
+        for process in processes:
+            process.start()
     finished = False
     try:
         running = len(processes)
@@ -843,6 +849,7 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
     from tqdm import tqdm
 
     source, output = Path(source), Path(output)
+    check_output_folder(output)
     torch_device, torch_dtype = resolve_device(device, dtype)
     files = parquet_files(source)
     manifest_path = source / MANIFEST if source.is_dir() else source.parent / MANIFEST
@@ -860,25 +867,28 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
     model = model.to(torch_device, torch_dtype)
     config, summary = model.config, DetokenizeSummary()
     batch_frames = PACK_BATCHES * BATCH_ELEMENTS // model.geometry.decoder_width if torch_device.type != "cpu" else 0
-    waiting: list[tuple[Path, torch.Tensor, Optional[int]]] = []
+    waiting: list[tuple[str, Path, torch.Tensor, Optional[int]]] = []
     found: set[str] = set()  # ids of the rows read
 
-    def write(path: Path, audio: torch.Tensor, n_samples: Optional[int]) -> None:
+    def write(id: str, path: Path, audio: torch.Tensor, n_samples: Optional[int]) -> None:
         samples = audio[0, 0, :n_samples].float().cpu().numpy()
         if n_samples is not None and samples.shape[-1] < n_samples:  # the 16 and 24 kHz decoders' last 8 samples
             samples = np.pad(samples, (0, n_samples - samples.shape[-1]))
-        write_atomically(path, lambda target: soundfile.write(target, samples, config.sampling_rate,
-                                                               format="WAV", subtype="FLOAT"))
-        summary.written += 1
+        try:
+            write_atomically(path, lambda target: soundfile.write(target, samples, config.sampling_rate,
+                                                                   format="WAV", subtype="FLOAT"))
+            summary.written += 1
+        except OSError as error:  # a name too long for the file system, no permission: this row's failure
+            summary.failed.append((id, first_line(error)))
 
     @torch.inference_mode()
     def flush() -> None:
         if len(waiting) > 1:
-            audio = decode_packed(model.decoder, model.quantizer, [codes for _, codes, _ in waiting], model.geometry)
+            audio = decode_packed(model.decoder, model.quantizer, [codes for *_, codes, _ in waiting], model.geometry)
         else:
-            audio = [model.decode(s=codes) for _, codes, _ in waiting]
-        for (path, _, n_samples), decoded in zip(waiting, audio):
-            write(path, decoded, n_samples)
+            audio = [model.decode(s=codes) for *_, codes, _ in waiting]
+        for (id, path, _, n_samples), decoded in zip(waiting, audio):
+            write(id, path, decoded, n_samples)
         bar.update(len(waiting))
         waiting.clear()
 
@@ -898,10 +908,10 @@ def detokenize(source: Union[str, Path], output: Union[str, Path], model_name: O
                     bar.update(1)
                     continue
                 codes, n_samples = checked_codes(cells["codes"], cells["n_samples"], config, model.hop_length)
-                waiting.append((path, torch.from_numpy(codes)[None].to(model.device), n_samples))
-                if sum(c.shape[-1] for _, c, _ in waiting) >= batch_frames:
+                waiting.append((id, path, torch.from_numpy(codes)[None].to(model.device), n_samples))
+                if sum(c.shape[-1] for *_, c, _ in waiting) >= batch_frames:
                     flush()
-            except ValueError as problem:
+            except (ValueError, OSError) as problem:  # this row's codes, or a name the file system refuses
                 summary.failed.append((id, first_line(problem)))
                 bar.update(1)
         flush()

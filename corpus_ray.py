@@ -62,6 +62,12 @@ class ActorPlan:
     resources: dict  # num_cpus / num_gpus of each
 
 
+@dataclass(frozen=True)
+class RayRun:
+    plan: ActorPlan
+    nodes: frozenset  # ids of the nodes whose actors encoded
+
+
 def plan_actors(nodes: list[dict], workers: Optional[int]) -> ActorPlan:
     """Actors that fit the cluster's nodes (`ray.nodes()` resources of the alive ones), each on one node.
 
@@ -110,7 +116,10 @@ class _Encoder:
     """A Ray actor holding the model on its device (a GPU it was given, or the CPU with `threads` threads)."""
 
     def __init__(self, model_name: str, dtype: str, n_quantizers: int, threads: int):
+        import ray
+
         torch.set_num_threads(threads)
+        self.node = ray.get_runtime_context().get_node_id()
         device, torch_dtype = resolve_device(None, dtype)
         self.tokenizer = Tokenizer(load_model(model_name).to(device, torch_dtype), n_quantizers)
 
@@ -131,15 +140,18 @@ class _Encoder:
                     row.codes, row.n_samples = codes[i], len(batch["audio"][i])
             rows.append(row)
         table = rows_table(rows)
-        return table.append_column("shard", pa.array(batch["shard"], pa.int64())).append_column(
-            "position", pa.array(batch["position"], pa.int64()))
+        for name, values, kind in (("shard", batch["shard"], pa.int64()), ("position", batch["position"], pa.int64()),
+                                   ("node", [self.node] * n, pa.string())):
+            table = table.append_column(name, pa.array(values, kind))
+        return table
 
 
 def tokenize_ray(model_name: str, sample_rate: int, corpus: Corpus, pending: list[Shard], output: Path,
                  n_quantizers: int, dtype: str, workers: Optional[int], report: Report,
-                 address: Optional[str] = None) -> Optional[ActorPlan]:
+                 address: Optional[str] = None) -> Optional[RayRun]:
     """Tokenizes the `pending` shards on the Ray cluster at `address` (already connected to, or a local one if
-    None) with actors planned by `plan_actors`; returns the plan (None when nothing is pending)."""
+    None) with actors planned by `plan_actors`; returns the plan and the nodes used (None when nothing is
+    pending)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -167,7 +179,9 @@ def tokenize_ray(model_name: str, sample_rate: int, corpus: Corpus, pending: lis
             compute=ActorPoolStrategy(size=plan.actors), **plan.resources)
         shards = {s.index: s for s in pending}
         parts: dict[int, list[pa.Table]] = {index: [] for index in shards}
+        nodes: set[str] = set()
         for batch in tables.iter_batches(batch_format="pyarrow", batch_size=None):
+            nodes.update(pc.unique(batch.column("node")).to_pylist())
             seconds = pc.sum(batch.column("n_samples")).as_py() or 0
             report(batch.num_rows, seconds / sample_rate)
             for index in pc.unique(batch.column("shard")).to_pylist():
@@ -177,7 +191,7 @@ def tokenize_ray(model_name: str, sample_rate: int, corpus: Corpus, pending: lis
                     write_shard(shards[index].path(output), table.select(SCHEMA.names).cast(SCHEMA))
         if parts:
             raise RuntimeError(f"Ray returned no rows for shards {sorted(parts)[:5]}; rerun to resume.")
-        return plan
+        return RayRun(plan, frozenset(nodes))
     finally:
         if started:
             ray.shutdown()

@@ -45,27 +45,39 @@ def find_inputs(inputs: Sequence[str], suffixes: Iterable[str]) -> list[tuple[Pa
     return found
 
 
-def plan_outputs(inputs: Sequence[tuple[str, Path]], output: Path, suffix: str) -> list[Path]:
-    """The output of each (name, relative path) under `output` by the module's rule, in order.
+def plan_outputs(inputs: Sequence[tuple[Path, Path]], output: Path, suffix: str) -> list[Path]:
+    """The output of each (input, its relative path) under `output` by the module's rule, in order.
 
     Raises:
-        ValueError: Two inputs would write one output; the message names them and the output.
+        ValueError: Two inputs would write one output, or an output would overwrite an input; the message names
+            them and the output.
     """
+    check_output_folder(output)
     planned = [output / relative.with_suffix(suffix) for _, relative in inputs]
+    given = {os.path.realpath(path): path for path, _ in inputs}
     first: dict[str, int] = {}
     clashes = []
     for index, path in enumerate(planned):
+        if os.path.realpath(path) in given:
+            raise ValueError(f"{given[os.path.realpath(path)]} would be overwritten by the output of "
+                             f"{inputs[index][0]}; give another --output.")
         key = os.path.normcase(os.fspath(path)).casefold()
         if key in first:
             clashes.append((inputs[first[key]][0], inputs[index][0], planned[first[key]]))
         else:
-            first.setdefault(key, index)
+            first[key] = index
     if clashes:
         a, b, path = clashes[0]
         more = f" (and {len(clashes) - 1} more such pairs)" if len(clashes) > 1 else ""
         raise ValueError(f"{a} and {b} would both write {path}{more}; an output is the input's relative path with "
                          f"{suffix}, so rename one or give them separate --output folders.")
     return planned
+
+
+def check_output_folder(output: Path) -> None:
+    """Refuses an output folder that is a file."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {os.fspath(output)!r} is a file; give a folder (it is made if missing).")
 
 
 def partial_path(output: Path) -> Path:

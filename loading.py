@@ -241,7 +241,11 @@ def load_model(name: Union[str, os.PathLike], sampling_rate: Optional[int] = Non
     model_type = config.get("model_type") if isinstance(config, dict) else None
     with _quiet_transformers():
         if model_type == DacConfig.model_type:
-            return DacModel.from_pretrained(folder)
+            try:
+                ours = DacConfig.from_pretrained(folder)
+            except (TypeError, ValueError) as error:  # a value of the wrong type or range in a file from elsewhere
+                raise ValueError(f"{config_file} does not describe a DAC model ({first_line(error)}).") from None
+            return DacModel.from_pretrained(folder, config=ours)
         if model_type != "dac":
             raise ValueError(f"{config_file} describes a {model_type!r} model, neither this package's DAC "
                              f"({DacConfig.model_type!r}) nor transformers' DacModel ('dac').")

@@ -1,27 +1,43 @@
 """Worker processes that die with their parent.
 
-A tool that starts processes (the corpus's readers and encoders) calls `start_child` first thing in each of them:
-the child then ends when its parent does, even when the parent is killed outright (SIGKILL gives it no chance to
-stop anyone), and leaves Ctrl-C to the parent, which stops its children and says so in one line.
+A tool that starts processes (the corpus's readers and encoders) starts them inside `spawning()` and calls
+`start_child` first thing in each of them: the child then ends when its parent does, even when the parent is
+killed outright (SIGKILL gives it no chance to stop anyone), and leaves Ctrl-C to the parent, which stops its
+children and says so in one line. (A terminal's Ctrl-C reaches every process of the group: a child that is still
+importing when it comes must not print a traceback, so SIGINT stays blocked from its start until it ignores it.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
 import sys
 import threading
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 _PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+
+
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """Around starting children: they inherit SIGINT blocked, until `start_child` ignores it. A Ctrl-C meanwhile
+    reaches this process when the block ends."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def start_child(threads: Optional[int] = None) -> None:
     """Called first in a spawned child: die with the parent, ignore Ctrl-C (the parent handles it), and run torch
     on `threads` threads where given."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit)  # `stop` ends a child this way: it unwinds, so its own children stop too
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     parent = multiprocessing.parent_process()
     if sys.platform.startswith("linux"):
         # The kernel kills this process when the thread that started it ends; ours are started by the parent's
@@ -35,6 +51,10 @@ def start_child(threads: Optional[int] = None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _exit(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
 
 
 def stop(processes: Iterable[multiprocessing.Process], timeout: float = 10.0) -> None:

@@ -6,9 +6,7 @@
 Accepts an original release checkpoint (`.pth`: {"state_dict", "metadata": {"kwargs"}}) or a transformers
 `DacModel` checkpoint (a folder or Hub id with config.json and model.safetensors).
 
-Key policy: our parameter names are those of transformers' `DacModel`. Original checkpoints name layers by their
-`nn.Sequential` index and store weight norm as `weight_g` / `weight_v`; both are mapped and folded here, and the
-result must match the model's keys and shapes exactly, or conversion fails.
+The checkpoint is read by `dac_codec.loading.load_model` (its key policy: strict, names as transformers' `DacModel`).
 """
 
 from __future__ import annotations
@@ -21,8 +19,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dac_package  # noqa: E402
 
@@ -30,6 +26,7 @@ modeling = dac_package.load()
 DacConfig, DacModel = modeling.DacConfig, modeling.DacModel
 PRESETS = sys.modules["dac_codec.configuration_dac"].PRESETS
 loading = importlib.import_module("dac_codec.loading")
+cli = importlib.import_module("dac_codec.cli")
 load_model, model_from_original, original_key = loading.load_model, loading.model_from_original, loading.original_key
 
 AUTO_MAP = {"AutoConfig": "configuration_dac.DacConfig", "AutoModel": "modeling_dac.DacModel"}
@@ -54,15 +51,20 @@ def convert(checkpoint: str, output_dir: str, sampling_rate: Optional[int] = Non
     return write_model_folder(load_model(checkpoint, sampling_rate), output_dir)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="original .pth, or transformers DacModel folder / Hub id")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--sampling-rate", type=int, help="only for checkpoints that do not record it")
-    args = parser.parse_args()
-    folder = convert(args.checkpoint, args.output_dir, args.sampling_rate)
-    print(f"Wrote {folder}: load it with AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        folder = convert(args.checkpoint, args.output_dir, args.sampling_rate)
+        print(f"Wrote {folder}: load it with AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)")
+        return 0
+
+    return cli.run_command(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -92,3 +92,19 @@ def tree(tmp_path_factory):
     (data / "corrupt.flac").write_bytes(np.random.default_rng(3).bytes(3000))
     (data / "notes.txt").write_text("not audio, not an audio suffix: left alone")
     return root
+
+
+@pytest.fixture(scope="session")
+def other_weights(tree):
+    """A model folder of the tree's model's geometry with other weights: the wrong model that must be refused."""
+    from convert_checkpoint import write_model_folder
+
+    return write_model_folder(tiny_model(seed=5), tree / "other-weights")
+
+
+def one_line(captured: str) -> str:
+    """The one line a refused or stopped command printed on stderr, asserting that it printed nothing else but
+    progress bars (tqdm's lines, drawn with carriage returns)."""
+    lines = [line for line in captured.strip().split("\n") if "\r" not in line]
+    assert len(lines) == 1 and lines[0].startswith(("error:", "interrupted:")), captured
+    return lines[0]

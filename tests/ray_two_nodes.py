@@ -1,5 +1,6 @@
-"""Tokenizes with the Ray engine on a two-node Ray cluster, head and worker node both at 127.0.0.1, which this
-process starts and stops:
+"""Tokenizes with the Ray engine on a cluster of two equal nodes (2 CPUs each), head and worker node both at
+127.0.0.1, which this process starts and stops; the actors, sized by default, run on both nodes; a request that no
+node can hold is refused at once:
 
     python ray_two_nodes.py INPUT MODEL OUTPUT SHARD_SIZE
 
@@ -47,8 +48,15 @@ def main() -> None:
         nodes = sorted(node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"])
         assert len(nodes) == 2 and set(nodes) == {"127.0.0.1"}, nodes
         summary = corpus.tokenize(corpus.Corpus.open(source), output, model, shard_size=int(shard_size),
-                                  engine="ray", workers=2, progress=False)
+                                  engine="ray", progress=False)
         print(f"shards done {summary.shards_done} skipped {summary.shards_skipped}")
+        plan = summary.ray.plan
+        print(f"actors {plan.actors} of {plan.resources} on {len(summary.ray.nodes)} nodes")
+        try:
+            corpus.tokenize(corpus.Corpus.open(source), output + "-too-wide", model, engine="ray", workers=3,
+                            progress=False)
+        except ValueError as error:
+            print(f"refused: {error}")
         opened = [address for address in listening() - before if not loopback(address)]
         assert not opened, f"the cluster listens beyond loopback: {opened}"
     finally:

@@ -13,9 +13,7 @@ import soundfile
 import torch
 from conftest import ROOT, tiny_model, tone
 
-pytest.importorskip("scipy", reason="the command line's loudness filters: requirements-cli.txt")
-pytest.importorskip("tqdm", reason="the command line's progress bar: requirements-cli.txt")
-import convert_checkpoint  # noqa: E402
+import convert_checkpoint
 
 cli = __import__("dac_codec.cli", fromlist=["cli"])
 DacFile = __import__("dac_codec.dac_file", fromlist=["dac_file"]).DacFile
@@ -138,37 +136,74 @@ def test_we_decode_the_originals_windowed_files_as_it_does(reference_pair, tmp_p
     from audiotools import AudioSignal
 
     reference, model, rate = reference_pair
-    compressed = reference.compress(AudioSignal(torch.from_numpy(tone(4.0, rate, 2, 7).T)[None], rate),
-                                    win_duration=2.0)
+    compressed = reference.compress(AudioSignal(torch.from_numpy(tone(2.5, rate, 2, 7).T)[None], rate),
+                                    win_duration=1.0)
     assert not compressed.padding and compressed.codes.shape[-1] > compressed.chunk_length  # several windows
     decodes_as_the_original(reference, model, compressed, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The installed package
-def test_installed_package_has_a_working_command(tree, tmp_path):
-    """`pip install .` into a fresh venv (pip, setuptools and the dependencies taken from this environment, nothing
-    downloaded):
-    `from dac_codec import DacModel`, and `dac-codec` encodes and decodes."""
+def declared_closure(requirements: list[str]) -> dict:
+    """The installed distributions that `requirements` (Requires-Dist lines) pull in, transitively, without extras."""
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found, todo = {}, list(requirements)
+    while todo:
+        requirement = Requirement(todo.pop())
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an extra's, or another platform's
+        name = canonicalize_name(requirement.name)
+        if name not in found:
+            found[name] = distribution(requirement.name)
+            todo += found[name].requires or []
+    return found
+
+
+def test_pip_install_alone_gives_a_working_command(tree, tmp_path):
+    """`pip install .` into a fresh venv that sees exactly the distributions the package declares (and theirs),
+    linked from this environment so nothing is downloaded: encode, decode, info and tokenize work, and `--help` and
+    `info` import neither torch nor transformers."""
     target = tmp_path / "venv"
-    venv.create(target, with_pip=False)  # pip and setuptools come from this environment too
+    venv.create(target, with_pip=False)  # pip and setuptools come from this environment
     python = target / "bin" / "python"
-    site = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    site = Path(subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                               text=True, check=True).stdout.strip())
     ours = next(p for p in map(Path, sys.path) if (p / "torch").is_dir() and p.name == "site-packages")
-    Path(site, "outer.pth").write_text(str(ours) + "\n")  # torch, transformers, ... from this environment
-    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                              "--no-index", str(ROOT)], capture_output=True, text=True, timeout=300)
+    tools = tmp_path / "tools"  # pip and setuptools, to install with, and nothing else
+    tools.mkdir()
+    for name in ("pip", "setuptools"):
+        for entry in {Path(f).parts[0] for f in declared_closure([name])[name].files if not str(f).startswith("..")}:
+            (tools / entry).symlink_to(ours / entry)
+    (site / "tools.pth").write_text(f"{tools}\n")
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                              str(ROOT)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr
+    (site / "tools.pth").unlink()
+    declared = subprocess.run([python, "-c", "import importlib.metadata as m; print(chr(10).join(m.requires("
+                               "'dac-codec')))"], capture_output=True, text=True, check=True).stdout.splitlines()
+    for dist in declared_closure(declared).values():
+        for entry in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            if not (site / entry).exists():
+                (site / entry).symlink_to(ours / entry)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    assert subprocess.run([python, "-c", "import ray"], env=env, capture_output=True).returncode != 0  # an extra
+
     command = target / "bin" / "dac-codec"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    assert subprocess.run([command, "--help"], capture_output=True, env=env).returncode == 0
-    check = "from dac_codec import DacModel, DacFile; import dac_codec; print(dac_codec.__file__)"
-    where = subprocess.run([python, "-c", check], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert where.returncode == 0 and str(target) in where.stdout, where.stderr
     for args in (["encode", tree / "data" / "tone.wav", "--output", tmp_path / "c", "--model", tree / "model"],
-                 ["decode", tmp_path / "c", "--output", tmp_path / "a"]):
+                 ["decode", tmp_path / "c", "--output", tmp_path / "a"],
+                 ["info", tmp_path / "c" / "tone.dac"],
+                 ["tokenize", tree / "data" / "tone.wav", "--output", tmp_path / "t", "--model", tree / "model"]):
         done = subprocess.run([command, *map(str, args)], capture_output=True, text=True, env=env, cwd=tmp_path,
                               timeout=300)
         assert done.returncode == 0, done.stderr
     assert soundfile.info(tmp_path / "a" / "tone.wav").frames == soundfile.info(tree / "data" / "tone.wav").frames
+    light = ("import sys; from dac_codec import cli\n"
+             "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
+    for args in (["--help"], ["encode", "--help"], ["info", str(tmp_path / "c" / "tone.dac")]):
+        done = subprocess.run([python, "-c", light, *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr

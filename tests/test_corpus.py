@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import soundfile
 import torch
 from conftest import DacModel, tiny_model, tone
 
-pa = pytest.importorskip("pyarrow", reason="Parquet shards: requirements-cli.txt")
-pq = pytest.importorskip("pyarrow.parquet")
 corpus = __import__("dac_codec.corpus", fromlist=["corpus"])
 cli = __import__("dac_codec.cli", fromlist=["cli"])
 
@@ -276,7 +276,7 @@ def test_detokenize_any_parquet_with_codes(model, tree, tmp_path):
 def test_command_line(tree, many, tmp_path, capsys, monkeypatch):
     assert cli.main(["tokenize", str(many), "--output", str(tmp_path / "t"), "--model", str(tree / "model"),
                      "--shard-size", "5", "--readers", "0"]) == 0
-    assert "12 inputs tokenized in 3 shards" in capsys.readouterr().err
+    assert "12 inputs tokenized, 0 failed (3 shards done now, 0 already done)" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert manifest["command"][:2] == ["dac-codec", "tokenize"]
     assert cli.main(["detokenize", str(tmp_path / "t"), "--output", str(tmp_path / "a"), "--ids", "clip03.flac"]) == 0
@@ -292,8 +292,8 @@ def test_command_line(tree, many, tmp_path, capsys, monkeypatch):
 
 
 def test_ray_engine_on_a_two_node_loopback_cluster_gives_the_local_rows(tree, many, tmp_path):
-    """Head and worker node on 127.0.0.1 (loopback only, checked), started and stopped by a child process under a
-    timeout; the Ray run resumes a folder whose first shard the local engine wrote."""
+    """Two equal nodes on 127.0.0.1 (loopback only, checked), started and stopped by a child process under a
+    timeout; the Ray run uses both nodes and resumes a folder whose first shard the local engine wrote."""
     pytest.importorskip("ray", reason="the Ray engine: requirements-ray.txt")
     inputs = tmp_path / "inputs"
     shutil.copytree(many, inputs)
@@ -316,5 +316,39 @@ def test_ray_engine_on_a_two_node_loopback_cluster_gives_the_local_rows(tree, ma
             process.wait(timeout=30)
     assert process.returncode == 0, out[-3000:]
     assert "shards done 3 skipped 1" in out
+    assert "actors 2 of {'num_cpus': 1} on 2 nodes" in out  # one a node: each node keeps a CPU for reading
+    assert "refused: 3 CPU actors do not fit the cluster's nodes (2 CPUs, 2 CPUs; 1 CPU of each left for reading): " \
+           "at most 2" in out
     assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local")
     assert any(row["error"] for row in rows_of(tmp_path / "ray"))
+
+
+ACTOR_PLANS = {  # nodes (CPUs, GPUs), --workers: (actors, resources of each), or what the refusal says
+    "two equal nodes": ([(2, 0), (2, 0)], None, (2, {"num_cpus": 1})),
+    "two equal nodes, two workers": ([(2, 0), (2, 0)], 2, (2, {"num_cpus": 1})),
+    "one wide node": ([(16, 0)], None, (1, {"num_cpus": 15})),
+    "one wide node, four workers": ([(16, 0)], 4, (4, {"num_cpus": 3})),
+    "unequal nodes": ([(8, 0), (4, 0)], None, (3, {"num_cpus": 3})),
+    "more workers than fit": ([(2, 0), (2, 0)], 3, "3 CPU actors do not fit the cluster's nodes"),
+    "a node without a spare CPU": ([(1, 0)], None, "No node of the cluster (1 CPUs) has a CPU"),
+    "a GPU a node": ([(8, 1), (8, 1)], None, (2, {"num_gpus": 1, "num_cpus": 1})),
+    "more GPU workers than GPUs": ([(8, 1)], 2, "2 GPU actors (1 GPU and 1 CPU each) do not fit"),
+}
+
+
+@pytest.mark.parametrize("case", list(ACTOR_PLANS))
+def test_ray_actors_are_sized_to_fit_one_node_each(case):
+    """Ray places an actor on one node: a request sized from the cluster's total would wait forever."""
+    from dac_codec.corpus_ray import plan_actors
+
+    nodes, workers, expected = ACTOR_PLANS[case]
+    resources = [{"CPU": float(c), **({"GPU": float(g)} if g else {})} for c, g in nodes]
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+            plan_actors(resources, workers)
+        return
+    plan = plan_actors(resources, workers)
+    assert (plan.actors, plan.resources) == expected
+    for node in resources:  # what each node is asked for stays within it, a CPU left for reading
+        per_node = plan.resources.get("num_cpus", 0)
+        assert per_node <= node["CPU"] - (0 if "num_gpus" in plan.resources else 1)

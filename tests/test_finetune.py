@@ -10,10 +10,9 @@ import soundfile
 import torch
 from conftest import tiny_model
 
-pytest.importorskip("tqdm", reason="the fine-tuning script's progress bar: requirements-train.txt")
-import convert_checkpoint  # noqa: E402
-import finetune  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import convert_checkpoint
+import finetune
+from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")

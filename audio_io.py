@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from numbers import Integral
-from typing import Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import soundfile
@@ -30,12 +30,13 @@ def check_sample_rate(sample_rate: object, name: str = "sample_rate") -> int:
     TypeError."""
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, Integral):
         raise TypeError(f"`{name}` must be an int in Hz, got {sample_rate!r} ({type(sample_rate).__name__}).")
+    sample_rate = int(sample_rate)
     if sample_rate <= 0:
         raise ValueError(f"`{name}` must be a positive int in Hz, got {sample_rate!r}.")
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise ValueError(f"`{name}` must be a rate that audio has, {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz; got "
                          f"{sample_rate!r}.")
-    return int(sample_rate)
+    return sample_rate
 
 
 def check_tensor(value: object, name: str) -> torch.Tensor:
@@ -49,7 +50,7 @@ def check_tensor(value: object, name: str) -> torch.Tensor:
     return value
 
 
-def check_blocks(blocks: object) -> Iterator:
+def check_blocks(blocks: Any) -> Iterator:
     """An iterator over a stream's blocks; one tensor or array is refused, since its rows would pass for blocks."""
     if isinstance(blocks, (torch.Tensor, np.ndarray)):
         raise TypeError("`blocks` must be an iterable of blocks, not one tensor or array (whose rows would be "
@@ -119,7 +120,7 @@ def load_audio(path: PathLike) -> tuple[np.ndarray, int]:
     return data.T, sample_rate  # (time, channels) -> (channels, time)
 
 
-def as_audio(audio: object, name: str = "audio") -> torch.Tensor:
+def as_audio(audio: Any, name: str = "audio") -> torch.Tensor:
     """Samples as a numpy array or tensor, checked and shaped (batch, channels, time), float32 or float64."""
     if isinstance(audio, np.ndarray):
         if not np.issubdtype(audio.dtype, np.floating):
@@ -243,7 +244,7 @@ def prepare_blocks(blocks: Iterable[object], sample_rate: int, target_rate: int)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Writing audio
-def check_waveform(waveform: object) -> torch.Tensor:
+def check_waveform(waveform: Any) -> torch.Tensor:
     """One mono signal of finite float samples shaped (1, 1, samples), (1, samples) or (samples,) -> (samples,)."""
     waveform = check_tensor(waveform, "waveform")
     if not waveform.is_floating_point():

@@ -27,6 +27,7 @@ over an overlap) for compatibility.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
@@ -43,6 +44,29 @@ QUANTIZE_FRAMES = 1024  # latent frames that `encode` quantizes at once: the qua
 # one window): a stream's per-step work costs more than such a signal's convolutions (2x at 0.5 s; even at 3 s of
 # 16 kHz or 1 s of 44.1 kHz audio encoding, where streams win beyond).
 ONE_PASS_ELEMENTS = 3 << 20
+PACK_BATCHES = 8  # many signals on an accelerator: gather enough of them to fill this many full batches
+
+# How a call runs: `choose_strategy` decides for every path of the model (encode, decode, padded batches, many
+# signals), and the tools read it through `DacModel.pack_frames`.
+STREAM = "stream"  # the layers as streams, chunk by chunk: every sample computed once, memory bounded by the chunk
+WINDOWS = "windows"  # batches of windows through the plain forward; one window for a short signal: a plain pass
+EACH = "each"  # many signals one at a time, each as it would run alone
+PACKED = "packed"  # many signals' windows in shared batches
+
+
+def choose_strategy(device_type: str, widest: int = 0, chunk_given: bool = False, signals: int = 1) -> str:
+    """The strategy for `signals` signals on a device of `device_type` ("cpu", "cuda", ...), whose widest
+    activation holds `widest` elements (one signal), with a chunk size given by the caller or not.
+
+    On the CPU a long signal, or one given a chunk size, streams (a short one runs as one plain pass: a stream's
+    per-step work costs more than its convolutions), and many signals run one at a time; on an accelerator, where one
+    wide batch beats many small steps, a signal runs as batches of windows, and many signals share them.
+    """
+    if signals > 1:
+        return EACH if device_type == "cpu" else PACKED
+    if device_type == "cpu" and (chunk_given or widest > ONE_PASS_ELEMENTS):
+        return STREAM
+    return WINDOWS
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,34 +178,50 @@ class CodecGeometry:
         """Samples that the decoder returns for `num_frames` frames."""
         return output_length(self.decoder, num_frames)
 
+    @property
+    def unpadded_frames(self) -> int:
+        """The fewest frames that the decoder without its convolutions' padding (`decode_unpadded`) decodes: every
+        layer's output must keep a step."""
+        unpadded = [dataclasses.replace(layer, padding=0) for layer in self.decoder]
+        frames = 1
+        while True:
+            length = frames
+            for layer in unpadded:
+                length = layer.output_length(length)
+                if length < 1:
+                    break
+            else:
+                return frames
+            frames += 1
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Plans
-def plan_context_windows(n_frames: int, chunk: int, left: int, right: int) -> list[tuple[int, int, int]]:
-    """Windows of one length that keep chunks of `chunk` frames, each with its `left` and `right` frames of context
-    (see the module's diagram). Outputs kept from a window read only inputs inside it, and a window moved against an
-    end of the signal sees that end where the whole signal has it, so the kept outputs equal whole-signal
+def plan_context_windows(n_frames: int, chunk_frames: int, left: int, right: int) -> list[tuple[int, int, int]]:
+    """Windows of one length that keep chunks of `chunk_frames` frames, each with its `left` and `right` frames of
+    context (see the module's diagram). Outputs kept from a window read only inputs inside it, and a window moved
+    against an end of the signal sees that end where the whole signal has it, so the kept outputs equal whole-signal
     processing. Returns (window_start, keep_start, keep_stop) per chunk; every window spans
-    [window_start, window_start + min(n_frames, chunk + left + right)).
+    [window_start, window_start + min(n_frames, chunk_frames + left + right)).
     """
-    length = min(n_frames, chunk + left + right)
+    length = min(n_frames, chunk_frames + left + right)
     return [
-        (min(max(0, start - left), n_frames - length), start, min(start + chunk, n_frames))
-        for start in range(0, n_frames, chunk)
+        (min(max(0, start - left), n_frames - length), start, min(start + chunk_frames, n_frames))
+        for start in range(0, n_frames, chunk_frames)
     ]
 
 
 def plan_window_batches(
-    n_frames: int, chunk: Optional[int], context: tuple[int, int], width: int
+    n_frames: int, chunk_frames: Optional[int], context: tuple[int, int], width: int
 ) -> tuple[list[list[tuple[int, int, int]]], int]:
     """`plan_context_windows` grouped into batches whose widest activation (`width` elements a frame, all items
-    of the signal's batch counted) stays within BATCH_ELEMENTS. `chunk`: frames kept per window; 0 for one
+    of the signal's batch counted) stays within BATCH_ELEMENTS. `chunk_frames`: frames kept per window; 0 for one
     window; None for windows as long as the budget allows. Returns (batches of windows, window length)."""
-    if chunk is None:
-        chunk = max(1, BATCH_ELEMENTS // width - sum(context))
-    chunk = max(chunk or n_frames, MIN_CHUNK_OVER_CONTEXT * sum(context))
-    windows = plan_context_windows(n_frames, chunk, *context)
-    length = min(n_frames, chunk + sum(context))
+    if chunk_frames is None:
+        chunk_frames = max(1, BATCH_ELEMENTS // width - sum(context))
+    chunk_frames = max(chunk_frames or n_frames, MIN_CHUNK_OVER_CONTEXT * sum(context))
+    windows = plan_context_windows(n_frames, chunk_frames, *context)
+    length = min(n_frames, chunk_frames + sum(context))
     size = max(1, BATCH_ELEMENTS // (length * width))
     return [windows[i : i + size] for i in range(0, len(windows), size)], length
 
@@ -227,10 +267,10 @@ class Latents:
             return self.z_q[..., frames]
         return self.quantizer.from_codes(self.codes[..., frames])
 
-    def chunks(self, chunk: int) -> Iterator[torch.Tensor]:
-        """z_q in chunks of `chunk` frames (one chunk for 0)."""
-        chunk = chunk or self.frames
-        return (self[start : start + chunk] for start in range(0, self.frames, chunk))
+    def chunks(self, chunk_frames: int) -> Iterator[torch.Tensor]:
+        """z_q in chunks of `chunk_frames` frames (one chunk for 0)."""
+        chunk_frames = chunk_frames or self.frames
+        return (self[start : start + chunk_frames] for start in range(0, self.frames, chunk_frames))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,13 +326,14 @@ def stream_decode(decoder: nn.Module, chunks: Iterable[torch.Tensor]) -> Iterato
 
 
 def encode_streamed(
-    encoder: nn.Module, quantizer: nn.Module, audio: torch.Tensor, n_quantizers: int, chunk: int,
+    encoder: nn.Module, quantizer: nn.Module, audio: torch.Tensor, n_quantizers: int, chunk_frames: int,
     geometry: CodecGeometry,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_q, codes) of model-rate audio (batch, 1, time), streamed in chunks of `chunk` frames (0: one chunk)."""
+    """(z_q, codes) of model-rate audio (batch, 1, time), streamed in chunks of `chunk_frames` frames (0: one
+    chunk)."""
     batch, n_frames = audio.shape[0], geometry.num_frames(audio.shape[-1])
     z_q, codes, done = None, None, 0
-    chunks = audio.split(chunk * geometry.hop_length or audio.shape[-1], dim=-1)
+    chunks = audio.split(chunk_frames * geometry.hop_length or audio.shape[-1], dim=-1)
     for z_q_i, codes_i in stream_encode(encoder, quantizer, chunks, n_quantizers, geometry.hop_length,
                                         min_frames=QUANTIZE_FRAMES):
         if z_q is None:
@@ -303,10 +344,12 @@ def encode_streamed(
     return z_q, codes
 
 
-def decode_streamed(decoder: nn.Module, latents: Latents, chunk: int, geometry: CodecGeometry) -> torch.Tensor:
-    """Audio (batch, 1, samples) of `latents`, streamed in chunks of `chunk` frames (0: one chunk)."""
+def decode_streamed(
+    decoder: nn.Module, latents: Latents, chunk_frames: int, geometry: CodecGeometry
+) -> torch.Tensor:
+    """Audio (batch, 1, samples) of `latents`, streamed in chunks of `chunk_frames` frames (0: one chunk)."""
     audio, done = None, 0
-    for piece in stream_decode(decoder, latents.chunks(chunk)):
+    for piece in stream_decode(decoder, latents.chunks(chunk_frames)):
         if audio is None:
             audio = piece.new_empty(latents.batch, 1, geometry.num_samples(latents.frames))
         audio[..., done : done + piece.shape[-1]] = piece
@@ -326,37 +369,40 @@ def stack_padded(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.
 
 
 def encode_blocks(
-    encoder: nn.Module, quantizer: nn.Module, blocks: Iterable[torch.Tensor], n_quantizers: int, chunk: int,
+    encoder: nn.Module, quantizer: nn.Module, blocks: Iterable[torch.Tensor], n_quantizers: int, chunk_samples: int,
     hop_length: int,
 ) -> Iterator[torch.Tensor]:
     """`encode_stream`: codes (batch, n_quantizers, n) as soon as blocks of model-rate audio (batch, 1, t) determine
-    them, each block cut into chunks of at most `chunk` samples (0: whole blocks)."""
-    chunks = (piece for block in blocks for piece in block.split(chunk or block.shape[-1], dim=-1))
+    them, each block cut into chunks of at most `chunk_samples` samples (0: whole blocks)."""
+    chunks = (piece for block in blocks for piece in block.split(chunk_samples or block.shape[-1], dim=-1))
     for _, codes in stream_encode(encoder, quantizer, chunks, n_quantizers, hop_length):
         yield codes
 
 
 def decode_blocks(
-    decoder: nn.Module, quantizer: nn.Module, blocks: Iterable[torch.Tensor], chunk: int
+    decoder: nn.Module, quantizer: nn.Module, blocks: Iterable[torch.Tensor], chunk_frames: int
 ) -> Iterator[torch.Tensor]:
     """`decode_stream`: audio (batch, 1, t) as soon as blocks of codes (batch, n, frames) determine it, each block
-    cut into chunks of at most `chunk` frames (0: whole blocks)."""
-    latents = (z for block in blocks if block.shape[-1] for z in Latents(quantizer, codes=block).chunks(chunk))
+    cut into chunks of at most `chunk_frames` frames (0: whole blocks)."""
+    latents = (z for block in blocks if block.shape[-1]
+               for z in Latents(quantizer, codes=block).chunks(chunk_frames))
     yield from stream_decode(decoder, latents)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Batched windows
 def encode_windows(
-    encoder: nn.Module, quantizer: nn.Module, audio: torch.Tensor, n_quantizers: int, chunk: Optional[int],
+    encoder: nn.Module, quantizer: nn.Module, audio: torch.Tensor, n_quantizers: int, chunk_frames: Optional[int],
     geometry: CodecGeometry,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(z_q, codes) of model-rate audio (batch, 1, time) as batches of windows (see the module's diagram);
-    `chunk` as in `plan_window_batches`."""
+    `chunk_frames` as in `plan_window_batches`."""
     hop, batch = geometry.hop_length, audio.shape[0]
     n_frames = geometry.num_frames(audio.shape[-1])
     audio = nn.functional.pad(audio, (0, n_frames * hop - audio.shape[-1]))  # as the reference's preprocess
-    batches, length = plan_window_batches(n_frames, chunk, geometry.encoder_context, geometry.encoder_width * batch)
+    batches, length = plan_window_batches(
+        n_frames, chunk_frames, geometry.encoder_context, geometry.encoder_width * batch
+    )
     z = None
     for windows in batches:
         x = torch.cat([audio[..., start * hop : (start + length) * hop] for start, _, _ in windows])
@@ -374,12 +420,14 @@ def quantize_frames(quantizer: nn.Module, z: torch.Tensor, n_quantizers: int) ->
     return torch.cat(z_q, -1), torch.cat(codes, -1)
 
 
-def decode_windows(decoder: nn.Module, latents: Latents, chunk: Optional[int], geometry: CodecGeometry) -> torch.Tensor:
-    """Audio (batch, 1, samples) of `latents` as batches of windows (see the module's diagram); `chunk` as in
+def decode_windows(
+    decoder: nn.Module, latents: Latents, chunk_frames: Optional[int], geometry: CodecGeometry
+) -> torch.Tensor:
+    """Audio (batch, 1, samples) of `latents` as batches of windows (see the module's diagram); `chunk_frames` as in
     `plan_window_batches`."""
     hop, n_frames = geometry.hop_length, latents.frames
     batches, length = plan_window_batches(
-        n_frames, chunk, geometry.decoder_context, geometry.decoder_width * latents.batch
+        n_frames, chunk_frames, geometry.decoder_context, geometry.decoder_width * latents.batch
     )
     audio = None
     for windows in batches:
@@ -399,11 +447,11 @@ PACK_CHUNKS = (512, 128)  # frames kept per window, longest first: a signal take
 
 
 def plan_packed_windows(
-    n_frames: list[int], chunks: tuple[int, ...], context: tuple[int, int]
+    n_frames: list[int], chunk_tiers: tuple[int, ...], context: tuple[int, int]
 ) -> dict[int, list[tuple[int, int, int, int]]]:
     """Windows of many signals, grouped by length so that signals of different lengths fill batches together.
 
-    Each signal takes the longest windows (keeping one of `chunks` frames each, with their `context`) that fit
+    Each signal takes the longest windows (keeping one of `chunk_tiers` frames each, with their `context`) that fit
     inside it, planned as `plan_context_windows`; a signal shorter than every window is one window of its own
     length. No window crosses a signal's end, so padding never enters a kept output.
 
@@ -411,10 +459,10 @@ def plan_packed_windows(
         {window length: [(signal, window_start, keep_start, keep_stop), ...]}.
     """
     left, right = context
-    chunks = tuple(max(chunk, MIN_CHUNK_OVER_CONTEXT * (left + right)) for chunk in chunks)
+    chunk_tiers = tuple(max(chunk, MIN_CHUNK_OVER_CONTEXT * (left + right)) for chunk in chunk_tiers)
     groups: dict[int, list[tuple[int, int, int, int]]] = {}
     for signal, n in enumerate(n_frames):
-        chunk = next((c for c in chunks if c + left + right <= n), n)
+        chunk = next((c for c in chunk_tiers if c + left + right <= n), n)
         for start, keep, stop in plan_context_windows(n, chunk, left, right):
             groups.setdefault(min(n, chunk + left + right), []).append((signal, start, keep, stop))
     return groups
@@ -422,7 +470,7 @@ def plan_packed_windows(
 
 def run_packed(
     net: nn.Module, signals: list[torch.Tensor], n_frames: list[int], context: tuple[int, int], width: int,
-    step_in: int, step_out: int, out_lengths: list[int], chunks: tuple[int, ...] = PACK_CHUNKS,
+    step_in: int, step_out: int, out_lengths: list[int], chunk_tiers: tuple[int, ...] = PACK_CHUNKS,
 ) -> list[torch.Tensor]:
     """A fully convolutional `net` (the encoder or the decoder) on many signals at once, as batches of windows of
     one length that stay within BATCH_ELEMENTS (`width` elements a frame).
@@ -435,7 +483,7 @@ def run_packed(
         Outputs (1, C', out_lengths[i]), each equal to `net` on that signal alone, up to float rounding.
     """
     outputs: list[Optional[torch.Tensor]] = [None] * len(signals)
-    for length, windows in plan_packed_windows(n_frames, chunks, context).items():
+    for length, windows in plan_packed_windows(n_frames, chunk_tiers, context).items():
         size = max(1, BATCH_ELEMENTS // (length * width))
         for i in range(0, len(windows), size):
             batch = windows[i : i + size]
@@ -451,7 +499,7 @@ def run_packed(
 
 def encode_packed(
     encoder: nn.Module, quantizer: nn.Module, signals: list[torch.Tensor], n_quantizers: int,
-    geometry: CodecGeometry, chunks: tuple[int, ...] = PACK_CHUNKS,
+    geometry: CodecGeometry, chunk_tiers: tuple[int, ...] = PACK_CHUNKS,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(z_q, codes) of each of many model-rate signals (1, 1, t_i) of any lengths, packed into full batches of
     windows; each equals the encoding of that signal alone (codes identical, as for `encode_windows`)."""
@@ -459,21 +507,21 @@ def encode_packed(
     n_frames = [geometry.num_frames(x.shape[-1]) for x in signals]
     padded = [nn.functional.pad(x, (0, n * hop - x.shape[-1])) for x, n in zip(signals, n_frames)]
     z = run_packed(encoder, padded, n_frames, geometry.encoder_context, geometry.encoder_width, hop, 1, n_frames,
-                   chunks)
+                   chunk_tiers)
     z_q, codes = quantize_frames(quantizer, torch.cat(z, -1), n_quantizers)
     return list(zip(z_q.split(n_frames, -1), codes.split(n_frames, -1)))
 
 
 def decode_packed(
     decoder: nn.Module, quantizer: nn.Module, codes: list[torch.Tensor], geometry: CodecGeometry,
-    chunks: tuple[int, ...] = PACK_CHUNKS,
+    chunk_tiers: tuple[int, ...] = PACK_CHUNKS,
 ) -> list[torch.Tensor]:
     """Audio (1, 1, samples_i) of each of many codes (1, n_i, frames_i), packed into full batches of windows; each
     equals the decoding of those codes alone, up to float rounding (about 1e-6)."""
     n_frames = [c.shape[-1] for c in codes]
     latents = [quantizer.from_codes(c) for c in codes]
     return run_packed(decoder, latents, n_frames, geometry.decoder_context, geometry.decoder_width, 1,
-                      geometry.hop_length, [geometry.num_samples(n) for n in n_frames], chunks)
+                      geometry.hop_length, [geometry.num_samples(n) for n in n_frames], chunk_tiers)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -502,13 +550,13 @@ def decode_unpadded(decoder: nn.Module, z_q: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Overlap-averaged decoding (approximate)
 def decode_overlap_average(
-    decoder: nn.Module, latents: Latents, chunk: int, overlap_rate: float, geometry: CodecGeometry
+    decoder: nn.Module, latents: Latents, chunk_frames: int, overlap_rate: float, geometry: CodecGeometry
 ) -> torch.Tensor:
     """The earlier model card's decoding: chunks decoded without context, averaged where they overlap. Its seams
     are wrong by up to ~0.3; kept for compatibility."""
     hop = geometry.hop_length
     audio, weight = None, None
-    for start, stop in plan_overlap_chunks(latents.frames, chunk, overlap_rate):
+    for start, stop in plan_overlap_chunks(latents.frames, chunk_frames, overlap_rate):
         y = decoder(latents[start:stop])
         if audio is None:
             audio = y.new_zeros(latents.batch, 1, geometry.num_samples(latents.frames))

@@ -25,7 +25,10 @@ _RELEASE_DEFAULTS = dict(encoder_dim=64, decoder_dim=1536, codebook_size=1024, c
 # What makes two models the same model: the converter, the Hub build and the tests compare configs on these.
 ARCHITECTURE_KEYS = ("encoder_dim", "encoder_rates", "latent_dim", "decoder_dim", "decoder_rates", "n_codebooks",
                      "codebook_size", "codebook_dim", "sampling_rate")
-DECODING_MODES = ("exact", "overlap_average")
+# "exact": equal to whole-signal decoding; "overlap_average": the earlier model card's chunks, averaged where they
+# overlap (approximate); "unpadded": the original package's decoding of its windowed `.dac` files, each chunk on
+# its own with the convolutions' padding off (shorter audio than the frames span).
+DECODING_MODES = ("exact", "overlap_average", "unpadded")
 
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -48,16 +51,17 @@ def check_chunk_size(name: str, value: Any, unit: str) -> float:
         raise TypeError(f"`{name}` must be a number of seconds, got {value!r} ({type(value).__name__}).")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"`{name}` must be a positive number of seconds, or 0 for no chunking; got {value!r}.")
-    return value
+    return float(value)
 
 
 def check_number(name: str, value: Any, low: float, high: float, allowed: str, include_high: bool = False) -> float:
     """A real number in [low, high) (or [low, high] with `include_high`); bools are a TypeError."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a number in {allowed}, got {value!r}.")
-    if not (low <= value < high or (include_high and value == high)):
+    number = float(value)
+    if not (low <= number < high or (include_high and number == high)):
         raise ValueError(f"`{name}` must be in {allowed}, got {value!r}.")
-    return value
+    return number
 
 
 def _int_list(name: str, value: Any) -> list[int]:
@@ -89,9 +93,15 @@ class DacConfig(PretrainedConfig):
         codebook_dim: Dimension of the low-dimensional space where codes are looked up.
         sampling_rate: Sample rate of the audio the model takes and returns, in Hz.
         encoding_chunk_size_in_sec: Audio per encoder chunk, in seconds; 0 or None encodes the whole signal at once.
-        decoding_chunk_size: Code frames per decoder chunk; 0 or None decodes all frames at once.
-        decoding_mode: "exact" (the result equals whole-signal decoding) or "overlap_average" (the earlier model
-            card's chunks averaged over an overlap; approximate).
+            It bounds the memory of the CPU's streams and of `encode_stream` on every device; on an accelerator,
+            `encode` runs windows as long as memory allows unless a call gives a chunk size. The codes do not
+            depend on it.
+        decoding_chunk_size: Code frames per decoder chunk; 0 or None decodes all frames at once. As the encoding
+            chunk: the CPU's streams, `decode_stream` and `decode_to_audiofile` everywhere, and on an accelerator
+            `decode` only when a call gives it; in "overlap_average" and "unpadded" modes the chunks decoded alone.
+        decoding_mode: One of `DECODING_MODES`: "exact" (the result equals whole-signal decoding), "overlap_average"
+            (the earlier model card's chunks averaged over an overlap; approximate) or "unpadded" (the original's
+            windowed files' decoding).
         decoding_overlap_rate: Overlap between chunks as a fraction of the chunk, for "overlap_average" only.
         quantizer_dropout: In training, the share of each batch whose items use a random number of codebooks
             (the reference's quantizer dropout; its base training configuration uses 1.0). 0 by default, as the
@@ -132,7 +142,7 @@ class DacConfig(PretrainedConfig):
                      decoder_dim=decoder_dim, decoder_rates=decoder_rates, n_codebooks=n_codebooks,
                      codebook_size=codebook_size, codebook_dim=codebook_dim, sampling_rate=sampling_rate)
         base = _preset(kwargs.get("model_type_by_sampling_freq") or "44khz")
-        values = {key: base[key] if value is None else value for key, value in given.items()}
+        values: dict[str, Any] = {key: base[key] if value is None else value for key, value in given.items()}
         self.encoder_dim = check_int("encoder_dim", values["encoder_dim"])
         self.encoder_rates = _int_list("encoder_rates", values["encoder_rates"])
         latent_dim = values["latent_dim"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from numbers import Integral
-from typing import Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,12 +23,42 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .audio_io import (
-    AudioInput, PathLike, check_blocks, check_lengths, check_same_shape, check_sample_rate, check_tensor, load_audio,
-    load_tensor, prepare_audio, prepare_blocks, save_tensor, write_audio, write_audio_pieces,
+    AudioInput,
+    PathLike,
+    check_blocks,
+    check_lengths,
+    check_same_shape,
+    check_sample_rate,
+    check_tensor,
+    load_audio,
+    load_tensor,
+    prepare_audio,
+    prepare_blocks,
+    save_tensor,
+    write_audio,
+    write_audio_pieces,
 )
 from .chunking import (
-    ONE_PASS_ELEMENTS, PACK_CHUNKS, CodecGeometry, Latents, decode_blocks, decode_overlap_average, decode_streamed,
-    decode_windows, encode_blocks, encode_packed, encode_streamed, encode_windows, stack_padded, stream_decode,
+    BATCH_ELEMENTS,
+    PACK_BATCHES,
+    PACK_CHUNKS,
+    PACKED,
+    STREAM,
+    CodecGeometry,
+    Latents,
+    choose_strategy,
+    decode_blocks,
+    decode_overlap_average,
+    decode_packed,
+    decode_streamed,
+    decode_unpadded,
+    decode_windows,
+    encode_blocks,
+    encode_packed,
+    encode_streamed,
+    encode_windows,
+    stack_padded,
+    stream_decode,
 )
 from .configuration_dac import DECODING_MODES, DacConfig, check_chunk_size
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
@@ -110,14 +140,15 @@ class DacModel(PreTrainedModel):
         # As the reference initialises: truncated normal convolutions, zero biases, unit Snake frequencies.
         if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
             nn.init.trunc_normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, Snake1d):
             nn.init.ones_(module.alpha)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "DacModel":
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
         """transformers' `from_pretrained`, strict: a weight missing from the checkpoint, one it has too much or
         of another shape, or a damaged weights file is a `ValueError` that names the checkpoint (transformers would
         initialise what is missing at random and go on)."""
@@ -126,11 +157,12 @@ class DacModel(PreTrainedModel):
         wants_info = kwargs.pop("output_loading_info", False)
         kwargs["ignore_mismatched_sizes"] = True  # reported below, with the rest, rather than raised mid-load
         try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+            loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                                   **kwargs)
         except SafetensorError as error:
             raise ValueError(f"The weights of {os.fspath(pretrained_model_name_or_path)!r} are damaged or truncated "
                              f"({str(error).strip().splitlines()[0]}).") from None
+        model, info = loaded
         problems = {what: sorted(str(k[0] if isinstance(k, tuple) else k) for k in info[key])
                     for what, key in (("missing", "missing_keys"), ("unexpected", "unexpected_keys"),
                                       ("mis-shaped", "mismatched_keys")) if info.get(key)}
@@ -207,17 +239,57 @@ class DacModel(PreTrainedModel):
             (batch, n_quantizers, frames), frames = ceil(samples / hop_length) at the model's rate.
         """
         if lengths is not None:
-            return self._encode_padded_batch(audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths)
+            batch: Any = audio  # check_lengths: a tensor or array (batch, channels, time)
+            lengths = check_lengths(lengths, batch)
+            items = self.encode_many([batch[i : i + 1, :, :n] for i, n in enumerate(lengths)], sample_rate,
+                                     n_quantizers, chunk_size_in_sec)
+            return DacEncoderOutput(*stack_padded([(item.z_q, item.codes) for item in items]))  # type: ignore[misc]
         n_quantizers = self.check_n_quantizers(n_quantizers)
-        chunk = self._chunk("chunk_size_in_sec", chunk_size_in_sec)
+        chunk_frames = self._chunk_frames("chunk_size_in_sec", chunk_size_in_sec)
         audio = prepare_audio(audio, sample_rate, self.sampling_rate).to(self.device, self.dtype)
         widest = audio.shape[0] * self.num_frames(audio.shape[-1]) * self.geometry.encoder_width
-        if audio.device.type == "cpu" and (chunk_size_in_sec is not None or widest > ONE_PASS_ELEMENTS):
-            return DacEncoderOutput(*encode_streamed(self.encoder, self.quantizer, audio, n_quantizers, chunk,
+        given = chunk_size_in_sec is not None
+        if choose_strategy(self.device.type, widest, given) == STREAM:
+            return DacEncoderOutput(*encode_streamed(self.encoder, self.quantizer, audio, n_quantizers, chunk_frames,
                                                      self.geometry))
-        given = chunk if chunk_size_in_sec is not None else None
-        return DacEncoderOutput(*encode_windows(self.encoder, self.quantizer, audio, n_quantizers, given,
-                                                self.geometry))
+        return DacEncoderOutput(*encode_windows(self.encoder, self.quantizer, audio, n_quantizers,
+                                                chunk_frames if given else None, self.geometry))
+
+    @torch.inference_mode()
+    def encode_many(
+        self,
+        signals: Sequence[AudioInput],
+        sample_rate: Optional[int] = None,
+        n_quantizers: Optional[int] = None,
+        chunk_size_in_sec: Optional[float] = None,
+    ) -> list[DacEncoderOutput]:
+        """Encodes many signals of any lengths, each as `encode` encodes it alone: on the CPU one at a time; on an
+        accelerator their windows are packed into shared batches (give a call about `pack_frames("encode")` frames
+        of audio to fill them), each signal's windows cut from it alone, so padding never reaches a code.
+
+        Args:
+            signals: Each one signal, as `encode` takes it: a path, or samples shaped (time,) or (channels, time)
+                (or (1, channels, time)).
+            sample_rate, n_quantizers, chunk_size_in_sec: As for `encode`, the same for every signal.
+
+        Returns:
+            A `DacEncoderOutput` per signal, z_q (1, latent_dim, frames_i) and codes (1, n_quantizers, frames_i).
+        """
+        n_quantizers = self.check_n_quantizers(n_quantizers)
+        if choose_strategy(self.device.type, signals=len(signals)) != PACKED:
+            return [self.encode(signal, sample_rate, n_quantizers, chunk_size_in_sec) for signal in signals]
+        prepared = []
+        for index, signal in enumerate(signals):
+            audio = prepare_audio(signal, sample_rate, self.sampling_rate)
+            if audio.shape[0] != 1:
+                raise ValueError(f"`signals[{index}]` holds a batch of {audio.shape[0]}; each signal must be one.")
+            prepared.append(audio.to(self.device, self.dtype))
+        tiers: tuple[int, ...] = PACK_CHUNKS
+        if chunk_size_in_sec is not None:  # windows of the given chunk; 0: each signal one window
+            tiers = (self._chunk_frames("chunk_size_in_sec", chunk_size_in_sec) or max(self.num_frames(x.shape[-1])
+                                                                                       for x in prepared),)
+        items = encode_packed(self.encoder, self.quantizer, prepared, n_quantizers, self.geometry, tiers)
+        return [DacEncoderOutput(z_q, codes) for z_q, codes in items]
 
     @torch.inference_mode()
     def decode(
@@ -235,21 +307,56 @@ class DacModel(PreTrainedModel):
             chunk_size: Frames per chunk; `config.decoding_chunk_size` by default; 0 for no chunking. On an
                 accelerator, chunks run as batched windows, by default as long as memory allows; on the CPU, short
                 signals run as one plain pass unless a chunk size is given.
-            mode: "exact" (equal to whole-signal decoding) or "overlap_average" (the earlier model card's averaged
-                chunks, approximate); `config.decoding_mode` by default.
+            mode: "exact" (equal to whole-signal decoding), "overlap_average" (the earlier model card's averaged
+                chunks, approximate) or "unpadded" (the original package's windowed `.dac` files: each chunk of
+                `chunk_size` frames decoded on its own with the convolutions' padding off, as the original decodes
+                them; the audio is the chunks' one after another); `config.decoding_mode` by default.
 
         Returns:
             (batch, 1, samples) waveform at `config.sampling_rate`, samples = `num_samples(frames)`.
         """
         latents, mode = self._latents(zq, s), self._mode(mode)
-        chunk = self._chunk("chunk_size", chunk_size)
+        chunk_frames = self._chunk_frames("chunk_size", chunk_size)
         if mode == "overlap_average":
-            return decode_overlap_average(self.decoder, latents, chunk, self.config.decoding_overlap_rate,
+            return decode_overlap_average(self.decoder, latents, chunk_frames, self.config.decoding_overlap_rate,
                                           self.geometry)
+        if mode == "unpadded":
+            self._check_unpadded(latents, chunk_frames)
+            return torch.cat([decode_unpadded(self.decoder, z_q) for z_q in latents.chunks(chunk_frames)], dim=-1)
         widest = latents.batch * latents.frames * self.geometry.decoder_width
-        if self.device.type == "cpu" and (chunk_size is not None or widest > ONE_PASS_ELEMENTS):
-            return decode_streamed(self.decoder, latents, chunk, self.geometry)
-        return decode_windows(self.decoder, latents, chunk if chunk_size is not None else None, self.geometry)
+        given = chunk_size is not None
+        if choose_strategy(self.device.type, widest, given) == STREAM:
+            return decode_streamed(self.decoder, latents, chunk_frames, self.geometry)
+        return decode_windows(self.decoder, latents, chunk_frames if given else None, self.geometry)
+
+    @torch.inference_mode()
+    def decode_many(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Decodes many codes of any lengths, each as `decode(s=...)` decodes it alone: on the CPU one at a time; on an
+        accelerator their windows packed into shared batches (give a call about `pack_frames("decode")` frames).
+
+        Args:
+            codes: Each (1, n, frames_i) or (n, frames_i) codes, n <= n_codebooks.
+
+        Returns:
+            Audio (1, 1, num_samples(frames_i)) for each.
+        """
+        checked = [self._codes(c, f"codes[{i}]") for i, c in enumerate(codes)]
+        for index, c in enumerate(checked):
+            if c.shape[0] != 1:
+                raise ValueError(f"`codes[{index}]` holds a batch of {c.shape[0]}; each must be one signal's codes.")
+        if choose_strategy(self.device.type, signals=len(checked)) != PACKED:
+            return [self.decode(s=c) for c in checked]
+        return decode_packed(self.decoder, self.quantizer, checked, self.geometry)
+
+    def pack_frames(self, direction: str = "encode") -> int:
+        """Frames of signals (`direction` "encode") or of codes ("decode") that one `encode_many` or `decode_many`
+        call takes to fill its batches on the model's device; 0 where signals run one at a time (the CPU)."""
+        if direction not in ("encode", "decode"):
+            raise ValueError(f"`direction` must be 'encode' or 'decode', got {direction!r}.")
+        if choose_strategy(self.device.type, signals=2) != PACKED:
+            return 0
+        width = self.geometry.encoder_width if direction == "encode" else self.geometry.decoder_width
+        return PACK_BATCHES * BATCH_ELEMENTS // width
 
     @torch.inference_mode()
     def decode_to_audiofile(
@@ -264,18 +371,23 @@ class DacModel(PreTrainedModel):
 
         Args:
             path: The file to write, its format by extension (.wav, .flac, .ogg, ...); its folder must exist.
-            zq, s, chunk_size, mode: As for `decode`. In exact mode no more than a chunk of audio is held, so an
-                hour of codes decodes in the memory of a chunk; "overlap_average" decodes the whole signal first.
+            zq, s, chunk_size, mode: As for `decode`. In exact and unpadded modes no more than a chunk of audio is
+                held, so an hour of codes decodes in the memory of a chunk; "overlap_average" decodes the whole
+                signal first.
         """
         latents, mode = self._latents(zq, s), self._mode(mode)
-        chunk = self._chunk("chunk_size", chunk_size)
+        chunk_frames = self._chunk_frames("chunk_size", chunk_size)
         if latents.batch != 1:
             raise ValueError(f"`decode_to_audiofile` writes one signal; got a batch of {latents.batch}: decode "
                              "each item.")
+        pieces: Iterable[torch.Tensor]
         if mode == "overlap_average":
             pieces = (self.decode(zq, s, chunk_size, mode) for _ in range(1))  # lazily: the file is checked first
+        elif mode == "unpadded":
+            self._check_unpadded(latents, chunk_frames)
+            pieces = (decode_unpadded(self.decoder, z_q) for z_q in latents.chunks(chunk_frames))
         else:
-            pieces = stream_decode(self.decoder, latents.chunks(chunk))
+            pieces = stream_decode(self.decoder, latents.chunks(chunk_frames))
         write_audio_pieces(path, pieces, self.sampling_rate)
 
     def encode_stream(
@@ -302,14 +414,15 @@ class DacModel(PreTrainedModel):
         """
         blocks = check_blocks(blocks)
         n_quantizers = self.check_n_quantizers(n_quantizers)
-        chunk = self._chunk("chunk_size_in_sec", chunk_size_in_sec) * self.hop_length
+        chunk_samples = self._chunk_frames("chunk_size_in_sec", chunk_size_in_sec) * self.hop_length
         audio = prepare_blocks(blocks, check_sample_rate(sample_rate), self.sampling_rate)
-        return self._encode_stream(audio, n_quantizers, chunk)
+        return self._encode_stream(audio, n_quantizers, chunk_samples)
 
     @torch.inference_mode()
-    def _encode_stream(self, audio: Iterator[torch.Tensor], n_quantizers: int, chunk: int) -> Iterator[torch.Tensor]:
+    def _encode_stream(self, audio: Iterator[torch.Tensor], n_quantizers: int,
+                       chunk_samples: int) -> Iterator[torch.Tensor]:
         audio = (block.to(self.device, self.dtype) for block in audio)
-        yield from encode_blocks(self.encoder, self.quantizer, audio, n_quantizers, chunk, self.hop_length)
+        yield from encode_blocks(self.encoder, self.quantizer, audio, n_quantizers, chunk_samples, self.hop_length)
 
     def decode_stream(self, blocks: Iterable[torch.Tensor], chunk_size: Optional[int] = None) -> Iterator[torch.Tensor]:
         """Decodes codes that arrive in blocks of frames, yielding audio as soon as it is determined.
@@ -325,12 +438,12 @@ class DacModel(PreTrainedModel):
         Yields:
             Audio (batch, 1, samples) for the frames determined so far and not yet yielded.
         """
-        return self._decode_stream(check_blocks(blocks), self._chunk("chunk_size", chunk_size))
+        return self._decode_stream(check_blocks(blocks), self._chunk_frames("chunk_size", chunk_size))
 
     @torch.inference_mode()
-    def _decode_stream(self, blocks: Iterator[torch.Tensor], chunk: int) -> Iterator[torch.Tensor]:
+    def _decode_stream(self, blocks: Iterator[torch.Tensor], chunk_frames: int) -> Iterator[torch.Tensor]:
         codes = (self._codes(block, f"block {i}", allow_empty=True) for i, block in enumerate(blocks))
-        yield from decode_blocks(self.decoder, self.quantizer, check_same_shape(codes, "codebooks"), chunk)
+        yield from decode_blocks(self.decoder, self.quantizer, check_same_shape(codes, "codebooks"), chunk_frames)
 
     def forward(
         self, input_values: torch.Tensor, n_quantizers: Optional[int] = None, return_dict: Optional[bool] = None
@@ -376,13 +489,21 @@ class DacModel(PreTrainedModel):
             raise ValueError(allowed)
         return int(n_quantizers)
 
-    def _chunk(self, name: str, value: Optional[float]) -> int:
+    def _chunk_frames(self, name: str, value: Optional[float]) -> int:
         """A call's chunk size (the config's if None) in frames; 0 for no chunking."""
         if name == "chunk_size":
             return int(check_chunk_size(name, self.config.decoding_chunk_size if value is None else value, "frames"))
         seconds = check_chunk_size(name, self.config.encoding_chunk_size_in_sec if value is None else value,
                                    "seconds")
         return max(1, round(seconds * self.config.frame_rate)) if seconds else 0
+
+    def _check_unpadded(self, latents: Latents, chunk_frames: int) -> None:
+        chunk = chunk_frames or latents.frames
+        shortest = min(chunk, latents.frames - chunk * ((latents.frames - 1) // chunk))  # the last chunk's
+        if shortest < self.geometry.unpadded_frames:
+            raise ValueError(f"mode 'unpadded' decodes each chunk alone without padding, which needs chunks of at "
+                             f"least {self.geometry.unpadded_frames} frames; got one of {shortest} (chunk_size "
+                             f"{chunk_frames}, {latents.frames} frames).")
 
     def _mode(self, mode: Optional[str]) -> str:
         mode = self.config.decoding_mode if mode is None else mode
@@ -401,7 +522,7 @@ class DacModel(PreTrainedModel):
         z_q = z_q[None] if z_q.dim() == 2 else z_q
         if z_q.dim() != 3 or z_q.shape[1] != self.config.latent_dim or 0 in z_q.shape:
             raise ValueError(f"`zq` must be shaped (batch, {self.config.latent_dim}, frames) with frames >= 1, "
-                             f"got {tuple(zq.shape)}.")
+                             f"got {tuple(z_q.shape)}.")
         if not torch.isfinite(z_q).all():
             raise ValueError("`zq` contains NaN or Inf.")
         return Latents(self.quantizer, z_q=z_q.to(self.device, self.dtype))
@@ -423,22 +544,6 @@ class DacModel(PreTrainedModel):
             raise ValueError(f"`{name}` (codes) must lie in [0, {self.config.codebook_size}), got values in "
                              f"[{int(codes.min())}, {int(codes.max())}].")
         return codes.to(self.device, torch.long)
-
-    def _encode_padded_batch(self, audio, sample_rate, n_quantizers, chunk_size_in_sec, lengths) -> DacEncoderOutput:
-        """Encodes each item of a padded batch as if alone, so padding never leaks into an item's codes; on an
-        accelerator the items' windows are packed into full batches."""
-        lengths = check_lengths(lengths, audio)
-        if self.device.type == "cpu":
-            items = [self.encode(audio[i : i + 1, :, :n], sample_rate, n_quantizers, chunk_size_in_sec)
-                     for i, n in enumerate(lengths)]
-            return DacEncoderOutput(*stack_padded(items))
-        n_quantizers = self.check_n_quantizers(n_quantizers)
-        chunk = None if chunk_size_in_sec is None else self._chunk("chunk_size_in_sec", chunk_size_in_sec)
-        chunks = PACK_CHUNKS if chunk is None else (chunk or max(lengths),)  # 0: each item one window
-        signals = [prepare_audio(audio[i : i + 1, :, :n], sample_rate, self.sampling_rate).to(self.device, self.dtype)
-                   for i, n in enumerate(lengths)]
-        items = encode_packed(self.encoder, self.quantizer, signals, n_quantizers, self.geometry, chunks)
-        return DacEncoderOutput(*stack_padded(items))
 
     # ----------------------------------------------------------------------------------------------------------
     # The earlier model card's file helpers

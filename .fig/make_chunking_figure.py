@@ -24,7 +24,6 @@ into every Hub repo, whose card shows it.
 from __future__ import annotations
 
 import itertools
-import sys
 import time
 from pathlib import Path
 
@@ -34,10 +33,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from dac_codec import DacConfig  # noqa: E402
+from dac_codec.chunking import plan_overlap_chunks  # noqa: E402  (what the figure draws: the model's own plans)
+from dac_codec.tools.random_weights import random_model, sample_audio  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import dac_package  # noqa: E402
-from random_weights import random_model, sample_audio  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parent / "chunking_error.png"
 PRESET = "44khz"
@@ -49,9 +49,7 @@ BLOCK = 64  # samples per plotted point (1.5 ms)
 
 def main() -> None:
     start = time.perf_counter()
-    modeling = dac_package.load()
-    plan_overlap_chunks = sys.modules["dac_codec.chunking"].plan_overlap_chunks
-    model = random_model(modeling.DacConfig.from_preset(PRESET))
+    model = random_model(DacConfig.from_preset(PRESET))
     rate, hop = model.config.sampling_rate, model.hop_length
     _, codes = model.encode(sample_audio(rate, SECONDS), sample_rate=rate, chunk_size_in_sec=0)
     n_frames = codes.shape[-1]

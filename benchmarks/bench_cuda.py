@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import torch
+from bench_speed import PRESET_INFO, make_audio, num_samples  # this folder: the script's own
+
+from dac_codec import DacConfig
+from dac_codec.tools.loading import model_from_original
+from dac_codec.tools.random_weights import random_model, reference_model
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import convert_checkpoint  # noqa: E402
-from bench_speed import PRESET_INFO, make_audio, num_samples  # noqa: E402
-from random_weights import random_model, reference_model  # noqa: E402
 
 PRESET = "44khz"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,9 +88,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temp:
         if reference is not None:
             reference.save(f"{temp}/weights.pth", package=False)
-            ours = convert_checkpoint.model_from_original(f"{temp}/weights.pth")
+            ours = model_from_original(f"{temp}/weights.pth")
         else:
-            ours = random_model(convert_checkpoint.DacConfig.from_preset(PRESET))
+            ours = random_model(DacConfig.from_preset(PRESET))
     ours = ours.to(device)
     reference = reference.to(device) if reference is not None else None
 
@@ -107,8 +107,8 @@ def main() -> None:
             model = ours if name == "float32" else copy.deepcopy(ours).to(DTYPES[name])
             x = audio.to(DTYPES[name])
             for op in ("encode", "decode"):
-                run = (lambda: model.encode(x, sample_rate=sample_rate).codes) if op == "encode" else (
-                    lambda: model.decode(s=codes))
+                run = (lambda model=model, x=x: model.encode(x, sample_rate=sample_rate).codes) if op == "encode" \
+                    else (lambda model=model, codes=codes: model.decode(s=codes))
                 try:
                     seconds_taken, peak, output = timed(run, device, args.repeats)
                 except torch.OutOfMemoryError:
@@ -128,8 +128,9 @@ def main() -> None:
         if reference is not None:
             with torch.no_grad():
                 for op in ("encode", "decode"):
-                    run = (lambda: reference.encode(reference.preprocess(audio, sample_rate))[1]) if op == "encode" \
-                        else (lambda: reference.decode(reference.quantizer.from_codes(codes)[0]))
+                    run = (lambda audio=audio: reference.encode(reference.preprocess(audio, sample_rate))[1]) \
+                        if op == "encode" else (lambda codes=codes: reference.decode(reference.quantizer.from_codes(
+                            codes)[0]))
                     try:
                         seconds_taken, peak, output = timed(run, device, args.repeats)
                     except torch.OutOfMemoryError:
@@ -168,7 +169,8 @@ def main() -> None:
         peak = r.get("peak_bytes")
         print(f"| {r['seconds']:g} s | {r['op']} | {r['impl']} | {r['dtype']} | {time_cell} | "
               f"{cell(r['speedup_vs_reference'], 1, 'x')} | {cell(r['realtime_factor'], 0)} | "
-              f"{cell(peak / 1e9 if peak else None, 2)} | {cell(100 * r['codes_equal'] if 'codes_equal' in r else None, 2, '%')} | "
+              f"{cell(peak / 1e9 if peak else None, 2)} | "
+              f"{cell(100 * r['codes_equal'] if 'codes_equal' in r else None, 2, '%')} | "
               f"{cell(100 * r['first_codebook_equal'] if 'first_codebook_equal' in r else None, 2, '%')} | "
               f"{cell(r.get('snr_db'), 1)} |")
     print(f"command: python benchmarks/bench_cuda.py {' '.join(sys.argv[1:])}")

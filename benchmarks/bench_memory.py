@@ -35,9 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_speed  # noqa: E402  (shared helpers and the worker; imports no torch)
-from bench_speed import fmt  # noqa: E402
+import bench_speed  # this folder, the script's own: shared helpers and the worker; imports no torch
+from bench_speed import fmt
 
 TARGET_MB = 1200
 

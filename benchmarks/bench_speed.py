@@ -10,19 +10,20 @@ What is measured, per preset, length, operation and implementation:
   from a converted folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
 - ours+bf16: the same, after `model.to(torch.bfloat16)`, with bf16 audio, whatever --dtype says: our reduced-precision
   path beside the fp32 reference.
-- reference (descript-audio-codec, `dac.model.DAC`): `encode(preprocess(x, sr))` / `decode(quantizer.from_codes(codes)[0])`
-  under `torch.no_grad()`; the code-to-latent lookup is timed with decode, as ours and transformers' include it.
+- reference (descript-audio-codec, `dac.model.DAC`): `encode(preprocess(x, sr))` /
+  `decode(quantizer.from_codes(codes)[0])` under `torch.no_grad()`; the code-to-latent lookup is timed with decode, as
+  ours and transformers' include it.
 - reference+jemalloc: the reference with jemalloc preloaded (LD_PRELOAD, MALLOC_CONF=dirty_decay_ms:-1,
   muzzy_decay_ms:-1), the fastest it gets without code changes: without it the reference spends much of its time
   page-faulting fresh memory for every layer. Skipped (with a note) where no libjemalloc.so.2 is installed.
 - transformers: `DacModel.encode(x).audio_codes` / `DacModel.decode(audio_codes=codes).audio_values` under no_grad.
 
 Same weights: a full-size reference model with a fixed seed and perturbed alphas, biases and weight-norm gains
-(`scripts/random_weights.py`, as the tests have it) is saved as a release checkpoint, converted to our folder, and
-our state_dict is loaded strictly into transformers' DacModel. Before timing, the three must give identical codes on
-1 s of audio (a warning is printed otherwise). Same input: a deterministic chirp + chord + noise, rounded up to whole code frames so that
-transformers (which does not pad) gets exactly the samples the others get. Decode input: the codes that OUR model
-gives for that same audio, computed once per preset and length before the timed runs and saved to a temp file.
+(`dac_codec.tools.random_weights`, as the tests have it) is saved as a release checkpoint, converted to our folder, and
+our state_dict is loaded strictly into transformers' DacModel. Before timing, the three must give identical codes on 1 s
+of audio (a warning is printed otherwise). Same input: a deterministic chirp + chord + noise, rounded up to whole code
+frames so that transformers (which does not pad) gets exactly the samples the others get. Decode input: the codes that
+OUR model gives for that same audio, computed once per preset and length before the timed runs and saved to a temp file.
 
 Every measurement runs in a fresh process (`--worker`): load the model, build the input, one untimed warm-up call on
 1 s, then ONE timed call. The worker reports wall time and peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`, the whole
@@ -125,17 +126,17 @@ def prepare(spec: dict) -> dict:
     import torch
     import transformers
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import convert_checkpoint
-    from random_weights import reference_model
+    from dac_codec.tools.convert import write_model_folder
+    from dac_codec.tools.loading import model_from_original
+    from dac_codec.tools.random_weights import reference_model
 
     folder, preset = Path(spec["folder"]), spec["preset"]
     sample_rate = PRESET_INFO[preset]["sample_rate"]
     folder.mkdir(parents=True, exist_ok=True)
     reference = reference_model(preset, SEED)
     reference.save(str(folder / "reference.pth"), package=False)
-    ours = convert_checkpoint.model_from_original(str(folder / "reference.pth"))
-    convert_checkpoint.write_model_folder(ours, folder / "ours")
+    ours = model_from_original(str(folder / "reference.pth"))
+    write_model_folder(ours, folder / "ours")
     hf = transformers_model(ours)
     hf.save_pretrained(folder / "transformers")
 
@@ -309,7 +310,7 @@ def ceiling(spec: dict) -> dict:
     for c_in, c_out, kernel, dilation, steps in CEILING_CONVS:
         x = torch.randn(1, steps + dilation * (kernel - 1), c_in, generator=generator).to(dtype)
         w = torch.randn(c_out, c_in, 1, kernel, generator=generator).to(dtype)
-        run = lambda: F.conv2d(x.transpose(1, 2).unsqueeze(2), w, None, 1, 0, (1, dilation))
+        run = lambda x=x, w=w, dilation=dilation: F.conv2d(x.transpose(1, 2).unsqueeze(2), w, None, 1, 0, (1, dilation))
         rates[f"conv {c_in}->{c_out} k{kernel} d{dilation}"] = best(run, 2 * c_in * c_out * kernel * steps)
     a, b = (torch.randn(CEILING_MATMUL, CEILING_MATMUL, generator=generator).to(dtype) for _ in range(2))
     rates[f"matmul {CEILING_MATMUL}^2"] = best(lambda: a @ b, 2 * CEILING_MATMUL**3)

@@ -34,9 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import PRESET_INFO, ROOT, SEED, spawn  # noqa: E402
+from bench_speed import PRESET_INFO, SEED, spawn  # this folder, the script's own
 
 FORMATS = (("wav", "PCM_16"), ("flac", "PCM_16"), ("mp3", "MPEG_LAYER_III"), ("ogg", "VORBIS"))
 RATES = (16000, 22050, 44100, 48000)
@@ -91,19 +89,18 @@ def audio_files(folder: Path) -> list[Path]:
 # Workers (fresh processes)
 def prepare(spec: dict) -> dict:
     """The reference checkpoint and our folder with the same weights."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import convert_checkpoint
-    from random_weights import reference_model
+    from dac_codec.tools.convert import write_model_folder
+    from dac_codec.tools.loading import model_from_original
+    from dac_codec.tools.random_weights import reference_model
 
     folder = Path(spec["folder"])
     reference_model(spec["preset"], SEED).save(str(folder / "reference.pth"), package=False)
-    convert_checkpoint.write_model_folder(convert_checkpoint.model_from_original(str(folder / "reference.pth")),
-                                          folder / "ours")
+    write_model_folder(model_from_original(str(folder / "reference.pth")), folder / "ours")
     return {}
 
 
 def run_tokenize(spec: dict) -> dict:
-    from dac_codec import corpus
+    from dac_codec.tools import corpus
 
     start = time.perf_counter()
     summary = corpus.tokenize(corpus.Corpus.open(spec["corpus"]), spec["output"], spec["model"], progress=False)
@@ -114,12 +111,12 @@ def run_tokenize(spec: dict) -> dict:
 def run_model_only(spec: dict) -> dict:
     import torch
 
-    from dac_codec import DacModel, corpus
+    from dac_codec import DacModel
+    from dac_codec.tools.corpus.sources import Corpus, InputReader
 
     model = DacModel.from_pretrained(spec["model"])
     rate = model.sampling_rate
-    source = corpus.Corpus.open(spec["corpus"])
-    reader = corpus.InputReader(source, rate)
+    reader = InputReader(Corpus.open(spec["corpus"]), rate)
     signals = [reader.read(str(path)).samples for path in audio_files(Path(spec["corpus"]))]
     model.encode(signals[1], rate)  # warm-up on the 0.5 s file
     start = time.perf_counter()

@@ -2,9 +2,10 @@
 
     python scripts/codec.py --model descript/dac_44khz --input speech.wav --output-dir out/
 
---model takes a folder or Hub id of this package's format, a transformers `DacModel` checkpoint (such as
-descript/dac_44khz), converted on the fly, or an original release checkpoint (.pth). Without --input a 5 s test signal (a chirp and a chord) is used.
-Writes <name>.codes.safetensors and <name>.decoded.wav and prints the shapes, the bitrate and the reconstruction SNR.
+An example on the package's public API (`load_model`, `encode`, `decode`). --model takes a folder or Hub id of this
+package's format, a transformers `DacModel` checkpoint (such as descript/dac_44khz), converted on the fly, or an
+original release checkpoint (.pth). Without --input a 5 s test signal (a chirp and a chord) is used. Writes
+<name>.codes.safetensors and <name>.decoded.wav and prints the shapes, the bitrate and the reconstruction SNR.
 """
 
 from __future__ import annotations
@@ -19,12 +20,8 @@ import numpy as np
 import soundfile
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dac_package  # noqa: E402
-
-dac_package.load()
-cli = __import__("dac_codec.cli", fromlist=["cli"])
-loading = __import__("dac_codec.loading", fromlist=["loading"])
+from dac_codec.tools import loading
+from dac_codec.tools.command import ArgumentParser, run_command
 
 
 def test_signal(sample_rate: int, seconds: float = 5.0) -> np.ndarray:
@@ -35,11 +32,11 @@ def test_signal(sample_rate: int, seconds: float = 5.0) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    return cli.run_command(lambda: _codec(argv))
+    return run_command(lambda: _codec(argv))
 
 
 def _codec(argv) -> int:
-    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="folder or Hub id")
     parser.add_argument("--input", help="audio file (wav, flac, ogg, mp3); a test signal if left out")
     parser.add_argument("--output-dir", default="out")

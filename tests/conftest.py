@@ -1,8 +1,8 @@
 """Shared fixtures: tiny seeded models of the released geometries, one torch thread for the test process, and a
 seeded generator. The reference package's model comes from `random_weights.reference_model`, with the same
-perturbation as ours."""
+perturbation as ours. Everything is imported from the installed package `dac_codec` (the editable install of this
+checkout that scripts/setup_env.sh makes), as users import it."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +10,12 @@ import pytest
 import soundfile
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import dac_package  # noqa: E402
-from random_weights import TINY_GAIN, random_model  # noqa: E402
+from dac_codec import DacConfig, DacModel
+from dac_codec.tools.convert import write_model_folder
+from dac_codec.tools.random_weights import TINY_GAIN, random_model
 
-modeling = dac_package.load()
 ROOT = Path(__file__).resolve().parents[1]
 ALSA = Path("/usr/share/sounds/alsa/Front_Center.wav")  # a human voice, 48 kHz mono, where alsa-utils is installed
-DacConfig, DacModel = modeling.DacConfig, modeling.DacModel
 
 # The strides of the released models (odd ones at 16 and 24 kHz), at a few thousand parameters.
 GEOMETRIES = {"16khz": ([2, 4, 5, 8], 16000), "44khz": ([2, 4, 8, 8], 44100)}
@@ -77,8 +75,6 @@ def tone(seconds, rate, channels, seed):
 def tree(tmp_path_factory):
     """A model folder and an audio tree: good files of several formats, rates and channel counts, and bad ones."""
     root = tmp_path_factory.mktemp("tree")
-    from convert_checkpoint import write_model_folder
-
     write_model_folder(tiny_model(), root / "model")
     data = root / "data"
     (data / "music" / "live").mkdir(parents=True)
@@ -97,8 +93,6 @@ def tree(tmp_path_factory):
 @pytest.fixture(scope="session")
 def other_weights(tree):
     """A model folder of the tree's model's geometry with other weights: the wrong model that must be refused."""
-    from convert_checkpoint import write_model_folder
-
     return write_model_folder(tiny_model(seed=5), tree / "other-weights")
 
 

@@ -14,6 +14,7 @@ import pytest
 import soundfile
 import soxr
 import torch
+
 from conftest import TINY, DacModel, tiny_model
 
 N_CODEBOOKS, CODEBOOK_SIZE = TINY["n_codebooks"], TINY["codebook_size"]

@@ -1,5 +1,6 @@
-"""scripts/build_hub_repos.py: the folder of a Hub repo holds exactly what it needs, loads offline elsewhere in a
-fresh interpreter, and carries a card for its own variant; uploading fails cleanly without a token or network.
+"""scripts/build_hub_repos.py (`dac_codec.tools.hub`): the folder of a Hub repo holds exactly what it needs, loads
+offline elsewhere in a fresh interpreter, and carries a card for its own variant; uploading fails cleanly without a
+token or network.
 
 The checkpoint is a full-size 16khz model with random, perturbed weights saved as the released files are (the card's
 numbers and the figures must match the real architecture), so this needs the reference package like
@@ -15,11 +16,12 @@ import sys
 import pytest
 import torch
 
+from dac_codec import DacConfig
+from dac_codec.tools import hub as build_hub_repos
+from dac_codec.tools.convert import MODEL_FILES
+from dac_codec.tools.random_weights import reference_model, sample_audio
+
 pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
-import build_hub_repos  # noqa: E402
-import convert_checkpoint  # noqa: E402
-import dac_package  # noqa: E402
-from random_weights import reference_model, sample_audio  # noqa: E402
 
 SCRIPT = str(build_hub_repos.ROOT / "scripts" / "build_hub_repos.py")
 PREFIX = "test-org/dac-"
@@ -56,8 +58,8 @@ def test_folder_holds_exactly_the_repo_files(built):
     figures = sorted(f".fig/{p.name}" for p in (build_hub_repos.ROOT / ".fig").glob("*.png"))
     assert ".fig/chunking_error.png" in figures
     assert files == sorted(["config.json", "model.safetensors", "README.md", "requirements.txt",
-                            *dac_package.MODEL_FILES, *figures])
-    for name in (*dac_package.MODEL_FILES, "requirements.txt"):
+                            *MODEL_FILES, *figures])
+    for name in (*MODEL_FILES, "requirements.txt"):
         assert (folder / name).read_bytes() == (build_hub_repos.ROOT / name).read_bytes()
     assert '"auto_map"' in (folder / "config.json").read_text()
 
@@ -107,7 +109,7 @@ def test_card_is_the_variants_own(built):
 
 
 def test_card_rules():
-    config = convert_checkpoint.DacConfig.from_preset("44khz")
+    config = DacConfig.from_preset("44khz")
     readme = (build_hub_repos.ROOT / "README.md").read_text()
     card = build_hub_repos.render_card(readme, config, "44khz", "org/dac-44khz", "w")
     assert "44.1 kHz mono audio; hop 512 samples, so a frame rate of 86.13 Hz; 9 codebooks" in card

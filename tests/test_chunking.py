@@ -15,13 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import DacConfig, GEOMETRIES
-from random_weights import random_model
 
-chunking = sys.modules["dac_codec.chunking"]
+from dac_codec import chunking
+from dac_codec.tools.random_weights import random_model
+
+from conftest import GEOMETRIES, DacConfig
+
 AUDIO_TOLERANCE = 1e-5
 
 
@@ -172,7 +175,7 @@ def test_short_signals_run_as_one_pass_on_the_cpu_with_the_streams_results(model
     decoded = model.decode(s=one_pass.codes)
     streamed = model.encode(audio, sample_rate=rate, chunk_size_in_sec=0.5)
     assert calls == ["encode_windows", "decode_windows", "encode_streamed"]
-    monkeypatch.setattr(modeling, "ONE_PASS_ELEMENTS", 0)  # every signal above it: streams
+    monkeypatch.setattr(chunking, "ONE_PASS_ELEMENTS", 0)  # every signal above it: streams
     assert torch.equal(model.encode(audio, sample_rate=rate).codes, one_pass.codes)
     assert torch.equal(streamed.codes, one_pass.codes)
     assert (model.decode(s=one_pass.codes) - decoded).abs().max() <= AUDIO_TOLERANCE
@@ -198,6 +201,71 @@ def test_packed_windows_equal_each_signal_alone(model, small_batches):
         assert (z_q - alone.z_q).abs().max() <= AUDIO_TOLERANCE * alone.z_q.abs().max()
         expected = model.decode(s=alone.codes)
         assert audio.shape == expected.shape and (audio - expected).abs().max() <= AUDIO_TOLERANCE, signal.shape
+
+
+STRATEGIES = {  # (device type, widest activation, chunk size given, signals): strategy
+    ("cpu", 1000, False, 1): chunking.WINDOWS,  # short: one plain pass
+    ("cpu", chunking.ONE_PASS_ELEMENTS + 1, False, 1): chunking.STREAM,
+    ("cpu", 1000, True, 1): chunking.STREAM,  # a chunk size given: it bounds the memory
+    ("cuda", chunking.ONE_PASS_ELEMENTS + 1, True, 1): chunking.WINDOWS,
+    ("cpu", 0, False, 5): chunking.EACH,
+    ("cuda", 0, False, 5): chunking.PACKED,
+    ("mps", 0, False, 2): chunking.PACKED,
+}
+
+
+@pytest.mark.parametrize("case", list(STRATEGIES))
+def test_one_function_chooses_the_strategy(case):
+    assert chunking.choose_strategy(*case) == STRATEGIES[case]
+
+
+@pytest.fixture
+def packing(model, monkeypatch, small_batches):
+    """The model choosing, for many signals, the accelerator's packed windows, here on the CPU."""
+    modeling = sys.modules[type(model).__module__]
+    monkeypatch.setattr(modeling, "choose_strategy", lambda device_type, widest=0, chunk_given=False, signals=1:
+                        chunking.PACKED if signals > 1 else chunking.choose_strategy("cpu", widest, chunk_given))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["each alone (CPU)", "packed (accelerators)"])
+def test_encode_many_and_decode_many_give_each_signal_its_own(model, packed, request):
+    """The public batched paths that the corpus tools call: each signal's codes as `encode` gives them alone, each
+    one's audio as `decode` gives it, whichever strategy runs."""
+    if packed:
+        request.getfixturevalue("packing")
+    rate = model.config.sampling_rate
+    signals = [audio_of(n, seed=n)[0] for n in [*lengths(model.hop_length), 90 * model.hop_length + 5]]
+    assert (model.pack_frames("encode") > 0) == packed and (model.pack_frames("decode") > 0) == packed
+    encoded = model.encode_many(signals, rate, n_quantizers=3)
+    decoded = model.decode_many([out.codes for out in encoded])
+    for signal, out, audio in zip(signals, encoded, decoded):
+        alone = model.encode(signal, sample_rate=rate, n_quantizers=3)
+        assert torch.equal(out.codes, alone.codes), signal.shape
+        expected = model.decode(s=alone.codes)
+        assert audio.shape == expected.shape and (audio - expected).abs().max() <= AUDIO_TOLERANCE, signal.shape
+    if packed:  # each item must be one signal (alone, `encode` takes a batch)
+        with pytest.raises(ValueError, match=r"`signals\[0\]` holds a batch of 2"):
+            model.encode_many([audio_of(900, batch=2), audio_of(900)], rate)
+    with pytest.raises(ValueError, match=r"`codes\[0\]` holds a batch of 2"):
+        model.decode_many([torch.zeros(2, 4, 3, dtype=torch.long)])
+    with pytest.raises(ValueError, match="direction"):
+        model.pack_frames("sideways")
+
+
+@torch.inference_mode()
+def test_unpadded_mode_decodes_each_chunk_as_the_original_does(model, generator, tmp_path):
+    """mode="unpadded": each chunk of frames decoded alone with the convolutions' padding off (the original's
+    windowed `.dac` files), the chunks' audio one after another; `decode_to_audiofile` writes the same."""
+    codes = torch.randint(0, model.config.codebook_size, (1, 4, 48), generator=generator)
+    audio = model.decode(s=codes, chunk_size=24, mode="unpadded")
+    expected = torch.cat([chunking.decode_unpadded(model.decoder, model.quantizer.from_codes(window))
+                          for window in codes.split(24, dim=-1)], dim=-1)
+    assert torch.equal(audio, expected) and audio.shape[-1] < model.num_samples(48)  # no padding: shorter
+    with pytest.raises(ValueError, match=f"chunks of at least {model.geometry.unpadded_frames} frames; got one of 8"):
+        model.decode(s=codes, chunk_size=20, mode="unpadded")  # 20 + 20 + 8
+    model.decode_to_audiofile(tmp_path / "x.wav", s=codes, chunk_size=24, mode="unpadded")
+    written, _ = soundfile.read(tmp_path / "x.wav", dtype="float32")
+    assert np.abs(written - audio[0, 0].numpy()).max() <= 2.0**-14  # 16-bit PCM: rounding and scaling
 
 
 def test_padded_batch_with_lengths_equals_items_one_by_one(model):

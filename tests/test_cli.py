@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+
+from dac_codec import DacModel
+from dac_codec.tools import cli
+from dac_codec.tools.convert import convert, write_model_folder
+from dac_codec.tools.dac_file import DacFile
+
 from conftest import ROOT, tiny_model, tone
-
-import convert_checkpoint
-
-cli = __import__("dac_codec.cli", fromlist=["cli"])
-DacFile = __import__("dac_codec.dac_file", fromlist=["dac_file"]).DacFile
 
 
 def run(*args):
@@ -45,7 +46,7 @@ def test_encode_and_decode_a_folder_tree(tree, tmp_path, capsys):
             original.samplerate, original.channels, original.frames), relative
 
     other = tmp_path / "model44"
-    convert_checkpoint.write_model_folder(tiny_model("44khz"), other)
+    write_model_folder(tiny_model("44khz"), other)
     assert run("decode", tmp_path / "codes" / "tone.dac", "--output", tmp_path / "x", "--model", other) == 1
     assert "was made by the model" in capsys.readouterr().err
 
@@ -57,7 +58,7 @@ def test_encode_and_decode_a_folder_tree(tree, tmp_path, capsys):
 def test_codes_are_those_of_encode_on_each_normalised_channel(tree, tmp_path):
     """With --no-normalize a mono file at the model's rate gives exactly `model.encode(file)`'s codes."""
     run("encode", tree / "data" / "tone.wav", "--output", tmp_path, "--model", tree / "model", "--no-normalize")
-    model = convert_checkpoint.DacModel.from_pretrained(tree / "model")
+    model = DacModel.from_pretrained(tree / "model")
     assert torch.equal(DacFile.load(tmp_path / "tone.dac").codes, model.encode(tree / "data" / "tone.wav").codes)
 
 
@@ -79,8 +80,9 @@ def reference_pair(tmp_path_factory, request):
     """The original's tiny model of a released geometry with perturbed weights, the same model as our folder, and
     its rate."""
     dac = pytest.importorskip("dac", reason="the reference package is a test dependency")
+    from dac_codec.tools.random_weights import perturb
+
     from conftest import GEOMETRIES
-    from random_weights import perturb
 
     rates, rate = GEOMETRIES[request.param]
     root = tmp_path_factory.mktemp("original")
@@ -88,7 +90,7 @@ def reference_pair(tmp_path_factory, request):
     reference = perturb(dac.model.DAC(encoder_dim=4, encoder_rates=rates, decoder_dim=32, decoder_rates=rates[::-1],
                                       n_codebooks=4, codebook_size=16, codebook_dim=4, sample_rate=rate), gain=1.2)
     reference.save(str(root / "weights.pth"), package=False)
-    convert_checkpoint.convert(str(root / "weights.pth"), str(root / "model"))
+    convert(str(root / "weights.pth"), str(root / "model"))
     return reference, root / "model", rate
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import soundfile
 import torch
 
-import convert_checkpoint
+from dac_codec import DacModel
+from dac_codec.tools.convert import write_model_folder
+
 from conftest import tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "codec.py"
@@ -25,7 +27,7 @@ def run(args, tmp_path):
 
 
 def test_codec_script_on_our_folder_with_a_file(tmp_path):
-    folder = convert_checkpoint.write_model_folder(tiny_model(), tmp_path / "model")
+    folder = write_model_folder(tiny_model(), tmp_path / "model")
     t = np.arange(22050) / 22050  # another rate and two channels: resampled and mixed down
     soundfile.write(tmp_path / "in.wav", np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)], 1) * 0.3,
                     22050)
@@ -33,7 +35,7 @@ def test_codec_script_on_our_folder_with_a_file(tmp_path):
     assert "codes: (1, 4, 50)" in out
     decoded, rate = soundfile.read(tmp_path / "out" / "in.decoded.wav")
     assert rate == 16000 and decoded.shape == (16000 - 8,)
-    codes = convert_checkpoint.DacModel.load_tensor(tmp_path / "out" / "in.codes.safetensors")
+    codes = DacModel.load_tensor(tmp_path / "out" / "in.codes.safetensors")
     assert codes.shape == (1, 4, 50) and codes.dtype == torch.int64
 
 

@@ -2,12 +2,13 @@
 
 import json
 import math
-import sys
 
 import pytest
+
+from dac_codec import configuration_dac as configuration
+
 from conftest import DacConfig, tiny_config
 
-configuration = sys.modules["dac_codec.configuration_dac"]
 # Every value a config.json carries: the architecture and the chunking options.
 KEYS = (*configuration.ARCHITECTURE_KEYS, "encoding_chunk_size_in_sec", "decoding_chunk_size", "decoding_mode",
         "decoding_overlap_rate")

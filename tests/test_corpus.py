@@ -17,10 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile
 import torch
-from conftest import DacModel, tiny_model, tone
 
-corpus = __import__("dac_codec.corpus", fromlist=["corpus"])
-cli = __import__("dac_codec.cli", fromlist=["cli"])
+from dac_codec.tools import cli, corpus
+from dac_codec.tools.convert import write_model_folder
+from dac_codec.tools.corpus.local import Readers
+from dac_codec.tools.corpus.sources import InputReader
+from dac_codec.tools.corpus.tokenizer import Tokenizer
+
+from conftest import DacModel, tiny_model, tone
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +162,7 @@ def test_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(tree, many, tmp_
     model = str(tree / "model")
     corpus.tokenize(corpus.Corpus.open(str(many)), tmp_path / "whole", model, shard_size=1, readers=0,
                     progress=False)
-    command = [sys.executable, "-m", "dac_codec.cli", "tokenize", str(many), "--output", str(tmp_path / "killed"),
+    command = [sys.executable, "-m", "dac_codec.tools.cli", "tokenize", str(many), "--output", str(tmp_path / "killed"),
                "--model", model, "--shard-size", "1", "--readers", "0"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -187,7 +191,7 @@ def test_rerun_with_another_model_settings_or_inputs_refuses(tree, many, tmp_pat
     model = str(tree / "model")
     corpus.tokenize(corpus.Corpus.open(str(many)), tmp_path / "out", model, shard_size=5, readers=0, progress=False)
     other = tmp_path / "other-model"
-    __import__("convert_checkpoint").write_model_folder(tiny_model(seed=5), other)
+    write_model_folder(tiny_model(seed=5), other)
     changes = [({"n_quantizers": 2}, "n_codebooks"), ({"shard_size": 4}, "shard_size"),
                ({"model_name": str(other)}, "weights_sha256"), ({"dtype": "bfloat16"}, "dtype")]
     for change, named in changes:
@@ -219,12 +223,17 @@ def test_cpu_worker_processes_give_the_same_rows(tree, many, tmp_path):
     assert rows_of(tmp_path / "two") == rows_of(tmp_path / "one")
 
 
-def test_packed_tokenizer_gives_each_signals_codes(model, many):
-    """The accelerator path (windows of many clips in shared batches), run here on the CPU."""
-    tokenizer = corpus.Tokenizer(model, 3)
-    assert tokenizer.batch_frames == 0  # the CPU encodes each input on its own
-    tokenizer.batch_frames = 10**6
-    reader = corpus.InputReader(corpus.Corpus.open(str(many)), model.sampling_rate)
+def test_packed_tokenizer_gives_each_signals_codes(model, many, monkeypatch):
+    """The accelerator path (the model's `encode_many` packing windows of many clips into shared batches), made to
+    run on the CPU by the one function that chooses the strategy."""
+    from dac_codec import chunking, modeling_dac
+
+    assert Tokenizer(model, 3).pack_frames == 0  # the CPU encodes each input on its own
+    monkeypatch.setattr(modeling_dac, "choose_strategy", lambda device_type, widest=0, chunk_given=False, signals=1:
+                        chunking.PACKED if signals > 1 else chunking.choose_strategy("cpu", widest, chunk_given))
+    tokenizer = Tokenizer(model, 3)
+    assert tokenizer.pack_frames > 0
+    reader = InputReader(corpus.Corpus.open(str(many)), model.sampling_rate)
     signals = [reader.read(str(p)).samples for p in sorted(many.iterdir())]
     for x, codes in zip(signals, tokenizer(signals)):
         assert codes.dtype == np.int16
@@ -233,7 +242,7 @@ def test_packed_tokenizer_gives_each_signals_codes(model, many):
 
 def test_a_reader_process_that_dies_is_replaced(data, model):
     """A decoder crashing on a broken file kills its reader process: the pool is replaced and the reads go on."""
-    with corpus.Readers(corpus.Corpus.open(str(data)), model.sampling_rate, 1) as readers:
+    with Readers(corpus.Corpus.open(str(data)), model.sampling_rate, 1) as readers:
         assert readers.result(readers.submit(str(data / "tone.wav"))).source_rate == 16000
         pending = readers.submit(str(data / "speech.flac"))
         for process in list(readers.pool._processes.values()):
@@ -339,7 +348,7 @@ ACTOR_PLANS = {  # nodes (CPUs, GPUs), --workers: (actors, resources of each), o
 @pytest.mark.parametrize("case", list(ACTOR_PLANS))
 def test_ray_actors_are_sized_to_fit_one_node_each(case):
     """Ray places an actor on one node: a request sized from the cluster's total would wait forever."""
-    from dac_codec.corpus_ray import plan_actors
+    from dac_codec.tools.corpus.ray_engine import plan_actors
 
     nodes, workers, expected = ACTOR_PLANS[case]
     resources = [{"CPU": float(c), **({"GPU": float(g)} if g else {})} for c, g in nodes]

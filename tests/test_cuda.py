@@ -12,8 +12,10 @@ import copy
 
 import pytest
 import torch
+
+from dac_codec.tools.random_weights import random_model, reference_model, sample_audio
+
 from conftest import DacConfig
-from random_weights import random_model, reference_model, sample_audio
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 AUDIO_TOLERANCE = 1e-4
@@ -104,11 +106,11 @@ def test_cuda_matches_reference_package(tmp_path):
     """Both on the GPU, full-size 44.1 kHz with perturbed random weights: our windows give the reference's codes
     (up to near-ties) and audio."""
     pytest.importorskip("dac", reason="the reference package is a test dependency")
-    import convert_checkpoint
+    from dac_codec.tools.loading import model_from_original
 
     reference = reference_model("44khz")
     reference.save(str(tmp_path / "weights.pth"), package=False)
-    ours = convert_checkpoint.model_from_original(str(tmp_path / "weights.pth")).cuda()
+    ours = model_from_original(str(tmp_path / "weights.pth")).cuda()
     reference = reference.cuda()
     audio = sample_audio(44100, 3.0, seed=4).cuda()
     with torch.no_grad():

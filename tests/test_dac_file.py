@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-dac_file = __import__("dac_codec.dac_file", fromlist=["dac_file"])
+from dac_codec.tools import dac_file
+
 DacFile = dac_file.DacFile
 
 

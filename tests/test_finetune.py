@@ -1,4 +1,4 @@
-"""scripts/finetune.py on a tiny model and a folder of short files, on CPU: the loss goes down on a fixed batch, an
+"""`dac-codec finetune` on a tiny model and a folder of short files, on CPU: the loss goes down on a fixed batch, an
 interrupted run resumes to the weights of an uninterrupted one, unreadable files are reported and left out, and the
 saved folder loads through the remote-code path and encodes."""
 
@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import tiny_model
-
-import convert_checkpoint
-import finetune
 from safetensors.torch import load_file
+
+from dac_codec.tools import cli
+from dac_codec.tools.convert import write_model_folder
+from dac_codec.training.finetune import Trainer
+
+from conftest import tiny_model
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny model folder, and a data folder: two readable files at other rates and channel counts, one corrupt."""
     root = tmp_path_factory.mktemp("finetune")
-    convert_checkpoint.write_model_folder(tiny_model(), root / "model")
+    write_model_folder(tiny_model(), root / "model")
     rng = np.random.default_rng(0)
     (root / "data" / "sub").mkdir(parents=True)
     t = np.arange(22050) / 22050
@@ -30,12 +32,13 @@ def files(tmp_path_factory):
 
 
 def run(files, output, steps, *extra):
-    finetune.main(["--model", str(files / "model"), "--data", str(files / "data"), "--output", str(output),
-                   "--steps", str(steps), "--batch-size", "2", "--duration", "0.2", "--save-every", "2", *extra])
+    assert cli.main(["finetune", "--model", str(files / "model"), "--data", str(files / "data"), "--output",
+                     str(output), "--steps", str(steps), "--batch-size", "2", "--duration", "0.2", "--save-every",
+                     "2", *extra]) == 0
 
 
 def test_loss_goes_down_on_a_fixed_batch(generator):
-    trainer = finetune.Trainer(tiny_model(), lr=1e-3)
+    trainer = Trainer(tiny_model(), lr=1e-3)
     batch = 0.3 * torch.randn(2, 1, 3000, generator=generator)
     losses = [trainer.train_step(batch) for _ in range(6)]
     assert losses[-1]["loss"] < 0.7 * losses[0]["loss"]
@@ -70,15 +73,15 @@ def test_interrupted_run_resumes_to_the_same_weights(files, tmp_path, capsys):
 def test_a_checkpoint_of_another_model_is_refused(files, tmp_path, capsys):
     run(files, tmp_path, 2)
     other = tmp_path / "other"
-    convert_checkpoint.write_model_folder(tiny_model("44khz"), other)
+    write_model_folder(tiny_model("44khz"), other)
     capsys.readouterr()
-    assert finetune.main(["--model", str(other), "--data", str(files / "data"), "--output", str(tmp_path),
-                          "--steps", "3", "--batch-size", "1", "--duration", "0.2"]) == 1
+    assert cli.main(["finetune", "--model", str(other), "--data", str(files / "data"), "--output", str(tmp_path),
+                     "--steps", "3", "--batch-size", "1", "--duration", "0.2"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (f"error: {tmp_path / 'checkpoint.pt'} was made with another "
                                                          "model; give another --output.")
 
 
 def test_a_folder_without_audio_is_a_clear_error(files, tmp_path, capsys):
-    assert finetune.main(["--model", str(files / "model"), "--data", str(tmp_path), "--output",
-                          str(tmp_path / "o")]) == 1
+    assert cli.main(["finetune", "--model", str(files / "model"), "--data", str(tmp_path), "--output",
+                     str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err.startswith("error: No readable audio file")

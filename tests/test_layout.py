@@ -1,30 +1,122 @@
-"""The root modules import one way (each only the ones before it in LAYERS), only relatively (remote code has no
-package), and the ones the model needs are exactly the files a Hub repo ships."""
+"""The house, read from the code's own imports: the root is the model (the Hub payload and the package's
+`__init__.py`), its modules import each other only relatively and one way; the tools and training stand on the
+model's public API (no `chunking` or `streaming`, no private name, no `model.encoder` and the like); and no modules
+of the package import each other in a circle."""
 
-import re
+import ast
+import subprocess
+from pathlib import Path
 
-import dac_package
+from dac_codec.tools.convert import MODEL_FILES
 
+from conftest import ROOT
+
+# The model, in the order its modules may import each other: each only those before it.
 MODEL = ("configuration_dac.py", "streaming.py", "dac_layers.py", "chunking.py", "audio_io.py", "modeling_dac.py")
-# what the package adds for the command line; not shipped to the Hub
-LAYERS = (*MODEL, "files.py", "processes.py", "loading.py", "dac_file.py", "loudness.py", "corpus.py", "corpus_ray.py", "cli.py", "__init__.py")
+PROJECT_FILES = {"README.md", "config.json", "requirements.txt", "pyproject.toml", "constraints.txt", "pytest.ini",
+                 "requirements-cli.txt", "requirements-datasets.txt", "requirements-ray.txt", "requirements-test.txt",
+                 "requirements-reference.txt", ".gitignore", "__init__.py", *MODEL}
+FOLDERS = {"tools", "training", "tests", "scripts", "benchmarks", "samples", ".fig", ".ci"}
+BUILT = {".venv", "build", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache", "__pycache__", "out"}  # made here
+OUTSIDE = ("tools", "training", "scripts")  # what must stand on the model's public API
+INTERNALS = {"encoder", "decoder", "quantizer", "geometry"}  # the model's parts: attributes tools must not touch
 
 
-def relative_imports(name):
-    return {f"{m}.py" for m in re.findall(r"^from \.(\w+) import", (dac_package.ROOT / name).read_text(), re.M)}
+def package_modules() -> dict[str, Path]:
+    """Module name (dac_codec.x.y) -> file, for the package's every module."""
+    modules = {}
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("tools/**/*.py"), *ROOT.glob("training/**/*.py")]:
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        modules[".".join(("dac_codec", *parts))] = path
+    return modules
 
 
-def test_root_modules_import_one_way():
-    assert sorted(p.name for p in dac_package.ROOT.glob("*.py")) == sorted(LAYERS)
-    for index, name in enumerate(LAYERS):
-        assert relative_imports(name) <= set(LAYERS[:index]), name
+def imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
+    """(module imported, names taken from it, line) for every import of a module, at any depth of its code,
+    relative imports resolved."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, [], node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            found.append((base, [alias.name for alias in node.names], node.lineno))
+    return found
 
 
-def test_root_modules_import_each_other_only_relatively():
-    pattern = re.compile(rf"^\s*(from|import)\s+({'|'.join(n[:-3] for n in LAYERS if n != '__init__.py')})\b", re.M)
-    for name in LAYERS:
-        assert not pattern.search((dac_package.ROOT / name).read_text()), name
+def tracked_at_root() -> tuple[set[str], set[str]]:
+    """(files, folders) at the root that the checkout holds: git's, where it is one, else all but what builds make."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True)
+    if listed.returncode == 0 and listed.stdout:
+        paths = [Path(line) for line in listed.stdout.splitlines()]
+        return {p.name for p in paths if len(p.parts) == 1}, {p.parts[0] for p in paths if len(p.parts) > 1}
+    files = {p.name for p in ROOT.iterdir() if p.is_file()}
+    return files, {p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in BUILT and "egg-info" not in p.name}
 
 
-def test_shipped_files_are_the_model_modules():
-    assert sorted(dac_package.MODEL_FILES) == sorted(MODEL)
+def test_the_root_is_the_model():
+    files, folders = tracked_at_root()
+    assert {name for name in files if name.endswith(".py")} == {*MODEL, "__init__.py"}
+    assert files <= PROJECT_FILES, sorted(files - PROJECT_FILES)
+    assert folders <= FOLDERS, sorted(folders - FOLDERS)
+    assert MODEL_FILES == tuple(sorted(MODEL))  # the Hub payload: the root's modules but __init__.py
+
+
+def test_model_modules_import_each_other_relatively_and_one_way():
+    for index, file in enumerate(MODEL):
+        for module, _, line in imports(f"dac_codec.{file[:-3]}", ROOT / file):
+            local = module.removeprefix("dac_codec.")
+            assert f"{local}.py" not in MODEL or module.startswith("dac_codec."), f"{file}:{line} imports {module}"
+            if module.startswith("dac_codec"):
+                assert f"{local}.py" in MODEL[:index], f"{file}:{line}: {module} is not below it"
+
+
+def test_tools_stand_on_the_models_public_api():
+    for name, path in package_modules().items():
+        if not name.startswith(("dac_codec.tools", "dac_codec.training")):
+            continue
+        for module, names, line in imports(name, path):
+            assert module not in ("dac_codec.chunking", "dac_codec.streaming"), f"{path}:{line} imports {module}"
+            if module.startswith("dac_codec"):
+                private = [n for n in names if n.startswith("_")]
+                assert not private, f"{path}:{line} imports the private {private} of {module}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in INTERNALS:
+                raise AssertionError(f"{path}:{node.lineno} touches the model's internal `.{node.attr}`")
+    for path in ROOT.glob("scripts/*.py"):
+        text = path.read_text()
+        assert "sys.path" not in text and "sys.modules" not in text, path
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    modules = package_modules()
+    edges = {name: set() for name in modules}
+    for name, path in modules.items():
+        for module, names, _ in imports(name, path):
+            targets = [module, *(f"{module}.{n}" for n in names)]  # `from . import corpus` names a module
+            edges[name] |= {t for t in targets if t in modules and t != name and not name.startswith(f"{t}.")}
+
+    def circle(start: str) -> list[str]:
+        path, seen = [start], set()
+
+        def walk(node: str) -> bool:
+            for target in sorted(edges[node]):
+                if target == start:
+                    return True
+                if target not in seen:
+                    seen.add(target)
+                    path.append(target)
+                    if walk(target):
+                        return True
+                    path.pop()
+            return False
+
+        return path if walk(start) else []
+
+    for name in modules:
+        assert not circle(name), " -> ".join([*circle(name), name])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-loudness = __import__("dac_codec.loudness", fromlist=["loudness"])
+from dac_codec.tools import loudness
+
 audiotools = pytest.importorskip("audiotools", reason="the reference package's audio library is a test dependency")
 
 

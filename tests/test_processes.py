@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
+
 from conftest import one_line, tone
 
 TIMEOUT = 180  # seconds any command here may take
@@ -71,7 +72,7 @@ def clips(tmp_path_factory):
 
 
 def tokenize_command(clips: Path, output: Path, model: Path, *extra: str) -> list[str]:
-    return ["-m", "dac_codec.cli", "tokenize", str(clips), "--output", str(output), "--model", str(model),
+    return ["-m", "dac_codec.tools.cli", "tokenize", str(clips), "--output", str(output), "--model", str(model),
             "--shard-size", "1", *extra]
 
 

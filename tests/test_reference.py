@@ -17,12 +17,14 @@ import pytest
 import soundfile
 import torch
 
-dac = pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
-import convert_checkpoint  # noqa: E402
-import dac_package  # noqa: E402
-from random_weights import perturb, reference_model, sample_audio  # noqa: E402
+from dac_codec import DacModel
+from dac_codec.configuration_dac import PRESETS
+from dac_codec.tools.convert import MODEL_FILES, convert
+from dac_codec.tools.loading import model_from_original
+from dac_codec.tools.random_weights import perturb, reference_model, sample_audio
 
-PRESETS = convert_checkpoint.PRESETS
+dac = pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
+
 SECONDS = 1.2  # two chunks of encoding and of decoding at the default chunk sizes
 AUDIO_TOLERANCE = 1e-4
 
@@ -40,7 +42,7 @@ def test_matches_reference(preset, tmp_path, offline, monkeypatch):
 
     reference = reference_model(preset)
     reference.save(str(tmp_path / "weights.pth"), package=False)  # the released checkpoints' format
-    folder = convert_checkpoint.convert(str(tmp_path / "weights.pth"), str(tmp_path / "converted"))
+    folder = convert(str(tmp_path / "weights.pth"), str(tmp_path / "converted"))
     model = AutoModel.from_pretrained(folder, trust_remote_code=True)
     assert type(model).__name__ == "DacModel" and not model.training
 
@@ -82,9 +84,9 @@ def test_converted_folder_loads_in_fresh_process(tmp_path):
     """Only what the folder holds is needed: load it in a new interpreter, offline, from another directory."""
     reference = reference_model("16khz")
     reference.save(str(tmp_path / "weights.pth"), package=False)
-    folder = convert_checkpoint.convert(str(tmp_path / "weights.pth"), str(tmp_path / "converted"))
+    folder = convert(str(tmp_path / "weights.pth"), str(tmp_path / "converted"))
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "README.md", "requirements.txt", *dac_package.MODEL_FILES])
+        ["config.json", "model.safetensors", "README.md", "requirements.txt", *MODEL_FILES])
     code = (
         "import torch; from transformers import AutoModel\n"
         f"m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
@@ -107,19 +109,19 @@ def test_converter_rejects_mismatched_checkpoint(tmp_path):
     del checkpoint["state_dict"]["decoder.model.0.bias"]
     torch.save(checkpoint, tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="missing"):
-        convert_checkpoint.convert(str(tmp_path / "missing.pth"), str(tmp_path / "out"))
+        convert(str(tmp_path / "missing.pth"), str(tmp_path / "out"))
 
     checkpoint = saved_checkpoint("16khz", tmp_path / "weights.pth")
     checkpoint["metadata"]["kwargs"]["n_codebooks"] = 8  # 12 quantizers in the weights
     torch.save(checkpoint, tmp_path / "extra.pth")
     with pytest.raises(ValueError, match="unexpected"):
-        convert_checkpoint.convert(str(tmp_path / "extra.pth"), str(tmp_path / "out"))
+        convert(str(tmp_path / "extra.pth"), str(tmp_path / "out"))
 
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="checkpoint"):
-        convert_checkpoint.convert(str(tmp_path / "corrupt.pth"), str(tmp_path / "out"))
+        convert(str(tmp_path / "corrupt.pth"), str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError):
-        convert_checkpoint.convert(str(tmp_path / "nowhere.pth"), str(tmp_path / "out"))
+        convert(str(tmp_path / "nowhere.pth"), str(tmp_path / "out"))
 
 
 def test_older_checkpoint_without_latent_dim_or_sample_rate(tmp_path):
@@ -128,7 +130,7 @@ def test_older_checkpoint_without_latent_dim_or_sample_rate(tmp_path):
     for key in ("latent_dim", "sample_rate"):
         del checkpoint["metadata"]["kwargs"][key]
     torch.save(checkpoint, tmp_path / "old.pth")
-    model = convert_checkpoint.model_from_original(str(tmp_path / "old.pth"))
+    model = model_from_original(str(tmp_path / "old.pth"))
     assert model.config.sampling_rate == 44100 and model.config.latent_dim == 1024
 
 
@@ -143,8 +145,8 @@ def test_transformers_checkpoint(tmp_path):
                                 hidden_size=64))
     perturb(hf)
     hf.save_pretrained(tmp_path / "hf")
-    folder = convert_checkpoint.convert(str(tmp_path / "hf"), str(tmp_path / "converted"))
-    model = convert_checkpoint.DacModel.from_pretrained(folder)
+    folder = convert(str(tmp_path / "hf"), str(tmp_path / "converted"))
+    model = DacModel.from_pretrained(folder)
     audio = sample_audio(16000, 0.5)[..., :8000]  # a multiple of the hop: transformers does not pad
     with torch.no_grad():
         expected = hf.encode(audio)

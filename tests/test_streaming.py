@@ -7,16 +7,17 @@ order (a GEMM over gathered windows, or a channels-last convolution); float32 ro
 """
 
 import random
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model
 from torch import nn
 
-streaming = sys.modules["dac_codec.streaming"]
-layers = sys.modules["dac_codec.dac_layers"]
+from dac_codec import dac_layers as layers
+from dac_codec import streaming
+
+from conftest import tiny_model
+
 TOLERANCE = 1e-5
 
 

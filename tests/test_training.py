@@ -10,12 +10,14 @@ import copy
 
 import pytest
 import torch
+
+from dac_codec.tools.loading import model_from_original, original_key
+from dac_codec.tools.random_weights import perturb
+from dac_codec.training import losses
+
 from conftest import GEOMETRIES, TINY, DacModel, tiny_config
-from random_weights import perturb
 
 dac = pytest.importorskip("dac", reason="the reference package is a test dependency: scripts/setup_env.sh --test")
-import convert_checkpoint  # noqa: E402
-import dac_training  # noqa: E402
 
 GAIN = 1.2  # the reference's weight-normed tiny model: audio ~0.2 RMS, unsaturated, so every gradient flows
 WEIGHT_NORM = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
@@ -23,7 +25,7 @@ WEIGHT_NORM = {".weight_g": ".parametrizations.weight.original0", ".weight_v": "
 
 def our_name(reference_name: str, config) -> str:
     """Our parameter under weight norm for a parameter of the reference."""
-    name = convert_checkpoint.original_key(reference_name, len(config.encoder_rates), len(config.decoder_rates))
+    name = original_key(reference_name, len(config.encoder_rates), len(config.decoder_rates))
     for theirs, ours in WEIGHT_NORM.items():
         if name.endswith(theirs):
             return name[: -len(theirs)] + ours
@@ -42,7 +44,7 @@ def pair(geometry: str, dropout: float, tmp_path):
     perturb(reference, gain=GAIN)
     reference.save(str(tmp_path / "weights.pth"), package=False)
     ours = DacModel(config)
-    ours.load_state_dict(convert_checkpoint.model_from_original(str(tmp_path / "weights.pth")).state_dict())
+    ours.load_state_dict(model_from_original(str(tmp_path / "weights.pth")).state_dict())
     ours.apply_weight_norm()
     with torch.no_grad():  # the reference's own (g, v), not the re-derived ones: gradients depend on |v|
         for name, parameter in reference.named_parameters():
@@ -128,7 +130,7 @@ def reference_discriminator_and_ours(generator):
                 parameter.mul_(torch.empty_like(parameter).uniform_(0.5, 1.5, generator=generator))
             elif name.endswith("bias"):
                 parameter.normal_(0, 0.05, generator=generator)
-    ours = dac_training.Discriminator(rates=[1], sample_rate=16000)
+    ours = losses.Discriminator(rates=[1], sample_rate=16000)
     names = {name: our_name_weight_norm(name) for name, _ in reference.named_parameters()}
     assert sorted(names.values()) == sorted(name for name, _ in ours.named_parameters())
     with torch.no_grad():
@@ -160,9 +162,9 @@ def test_discriminator_and_adversarial_losses_equal_the_reference(generator):
 
     gan = GANLoss(reference)
     fake_signal, real_signal = AudioSignal(fake, 16000), AudioSignal(real, 16000)
-    close(dac_training.discriminator_loss(ours(fake.detach()), ours(real)),
+    close(losses.discriminator_loss(ours(fake.detach()), ours(real)),
           gan.discriminator_loss(fake_signal, real_signal), "discriminator loss")
-    gen, feat = dac_training.generator_losses(ours(fake), ours(real))
+    gen, feat = losses.generator_losses(ours(fake), ours(real))
     gen_expected, feat_expected = gan.generator_loss(fake_signal, real_signal)
     close(gen, gen_expected, "generator loss")
     close(feat, feat_expected, "feature loss")
@@ -182,13 +184,13 @@ def test_reconstruction_losses_equal_the_reference(generator, length):
     signals = AudioSignal(fake.clone(), 44100), AudioSignal(real.clone(), 44100)
     base_yml = dict(n_mels=[5, 10, 20, 40, 80, 160, 320], window_lengths=[32, 64, 128, 256, 512, 1024, 2048],
                     mel_fmin=[0.0] * 7, mel_fmax=[None] * 7, pow=1.0, clamp_eps=1e-5, mag_weight=0.0)
-    close(dac_training.MelSpectrogramLoss(44100)(fake, real), MelSpectrogramLoss(**base_yml)(*signals), "mel")
-    close(dac_training.MultiScaleSTFTLoss()(fake, real), MultiScaleSTFTLoss()(*signals), "stft")
+    close(losses.MelSpectrogramLoss(44100)(fake, real), MelSpectrogramLoss(**base_yml)(*signals), "mel")
+    close(losses.MultiScaleSTFTLoss()(fake, real), MultiScaleSTFTLoss()(*signals), "stft")
     close(torch.nn.functional.l1_loss(fake, real), L1Loss()(*signals), "waveform")
 
 
 def test_objective_weighs_the_losses_as_base_yml():
     one = torch.tensor(1.0)
-    assert dac_training.objective(mel=one, gen=one, feat=one, commitment=one, codebook=one) == 15 + 1 + 2 + 0.25 + 1
+    assert losses.objective(mel=one, gen=one, feat=one, commitment=one, codebook=one) == 15 + 1 + 2 + 0.25 + 1
     with pytest.raises(ValueError, match="No weight for"):
-        dac_training.objective(stft=one)
+        losses.objective(stft=one)

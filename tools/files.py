@@ -35,8 +35,7 @@ def find_inputs(inputs: Sequence[str], suffixes: Iterable[str]) -> list[tuple[Pa
     found = []
     for given in map(Path, inputs):
         if given.is_dir():
-            paths = sorted(p for p in given.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
-                           and not p.name.endswith(PARTIAL))
+            paths = sorted(p for p in given.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
             found += [(path, path.relative_to(given)) for path in paths]
         elif given.is_file():
             found.append((given, Path(given.name)))

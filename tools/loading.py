@@ -25,17 +25,13 @@ from typing import Any, Iterator, Optional, Union
 
 import torch
 
-from .configuration_dac import ARCHITECTURE_KEYS, PRESETS, DacConfig
-from .modeling_dac import DacModel
+from ..configuration_dac import ARCHITECTURE_KEYS, PRESETS, DacConfig
+from ..modeling_dac import DacModel
+from .command import first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")  # the original package's release files
 RESIDUAL_UNIT = ("snake1", "conv1", "snake2", "conv2")  # reference ResidualUnit.block indices 0..3
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message, or its type's name: how a long job reports one failed item."""
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -121,7 +117,7 @@ def config_from_original(kwargs: Any, sampling_rate: Optional[int] = None) -> Da
     missing = [key for key in ARCHITECTURE_KEYS if key not in ("latent_dim", "sampling_rate", *kwargs)]
     if missing:
         raise ValueError(f"its metadata lacks the architecture values {missing}")
-    arch = {key: kwargs.get(key) for key in ARCHITECTURE_KEYS if key != "sampling_rate"}
+    arch: dict[str, Any] = {key: kwargs.get(key) for key in ARCHITECTURE_KEYS if key != "sampling_rate"}
     try:
         config = DacConfig(**arch)
         sampling_rate = sampling_rate or kwargs.get("sample_rate") or _preset_sampling_rate(config)
@@ -214,7 +210,8 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def load_model(name: Union[str, os.PathLike], sampling_rate: Optional[int] = None) -> DacModel:
-    """Our model, in float32 on the CPU, from a folder or Hub id (ours or transformers'), or an original `.pth`.
+    """Our model, in float32 on the CPU, from a folder or Hub id (ours or transformers'), or an original `.pth`;
+    its `name_or_path` is `name` as `canonical_name` records it.
 
     Args:
         name: A folder or Hub id of this package's format or of transformers' `DacModel`, or the path of an
@@ -225,7 +222,12 @@ def load_model(name: Union[str, os.PathLike], sampling_rate: Optional[int] = Non
         FileNotFoundError: Nothing at a local path.
         ValueError: Anything that is not a DAC model, or does not fit its model (one line naming the file).
     """
-    name = os.fspath(name)
+    model = _load(os.fspath(name), sampling_rate)
+    model.name_or_path = model.config.name_or_path = canonical_name(name)
+    return model
+
+
+def _load(name: str, sampling_rate: Optional[int]) -> DacModel:
     if Path(name).is_file() or name.endswith(CHECKPOINT_SUFFIXES):
         if not Path(name).is_file():
             raise FileNotFoundError(f"No checkpoint file at {name!r}.")
@@ -283,7 +285,7 @@ def canonical_name(name: Union[str, os.PathLike]) -> str:
     """How a model is recorded: a local folder or file by its absolute path (so that it names the same model from
     any working directory), a Hub id as given."""
     name = os.fspath(name)
-    return str(Path(name).resolve()) if Path(name).exists() else name
+    return str(Path(name).resolve()) if name and Path(name).exists() else name
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -295,10 +297,11 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def model_identity(model: DacModel, name: Union[str, os.PathLike]) -> dict[str, Any]:
-    """What a file or manifest records about the model that made it: its name, architecture and weights' hash."""
-    return {"name": canonical_name(name), "architecture": model.config.architecture(),
-            "weights_sha256": weights_sha256(model)}
+def model_identity(model: DacModel, name: Optional[Union[str, os.PathLike]] = None) -> dict[str, Any]:
+    """What a file or manifest records about the model that made it: its name (`name`, or the one it was loaded
+    by), architecture and weights' hash. Of the weights as loaded: take it before a cast to another dtype."""
+    return {"name": canonical_name(name if name is not None else str(model.name_or_path)),
+            "architecture": model.config.architecture(), "weights_sha256": weights_sha256(model)}
 
 
 def check_identity(recorded: dict[str, Any], ours: dict[str, Any], source: str) -> None:

@@ -4,7 +4,7 @@ measured on a signal that arrives in blocks, as the original package's `.dac` fi
 The original measures with audiotools' `Meter` (pyloudnorm's filters and gates; blocks cut as `julius.unfold` cuts
 them, the last one zero-padded) and normalises to -16 LUFS before encoding; its decoder restores `input_db`. This
 meter gives the same number while holding only one 100 ms segment's energy per step, so an hour of audio is measured
-in flat memory. Needs scipy (the command line's extra).
+in flat memory.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 from typing import Optional
 
 import numpy as np
+from scipy.signal import lfilter, lfilter_zi
 
 ABSOLUTE_GATE = -70.0  # LUFS
 RELATIVE_GATE = -10.0  # dB below the absolutely gated loudness
@@ -46,9 +47,6 @@ class LoudnessMeter:
     Channels count with weight 1 (BS.1770's left, right and centre)."""
 
     def __init__(self, sample_rate: int):
-        from scipy.signal import lfilter, lfilter_zi
-
-        self._lfilter = lfilter
         self.filters = k_weighting(sample_rate)
         self._zi = [lfilter_zi(b, a) for b, a in self.filters]
         self.state: Optional[list[np.ndarray]] = None
@@ -68,7 +66,7 @@ class LoudnessMeter:
         if self.state is None:
             self.state = [np.zeros((x.shape[0], 2)) for _ in self.filters]  # the filters start at rest
         for i, (b, a) in enumerate(self.filters):
-            x, self.state[i] = self._lfilter(b, a, x, axis=-1, zi=self.state[i])
+            x, self.state[i] = lfilter(b, a, x, axis=-1, zi=self.state[i])
         self.length += x.shape[-1]
         x = x if self.partial is None else np.concatenate([self.partial, x], axis=-1)
         whole = x.shape[-1] // self.step * self.step

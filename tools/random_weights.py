@@ -11,6 +11,9 @@ import math
 
 import torch
 
+from ..configuration_dac import PRESETS
+from ..modeling_dac import DacModel
+
 TINY_GAIN = 6.5  # the tests' tiny models (encoder_dim 4, decoder_dim 32): latents ~0.5, audio ~0.3 RMS, varied codes
 
 
@@ -34,19 +37,13 @@ def perturb(model: torch.nn.Module, gain: float = 1.0) -> torch.nn.Module:
 
 def random_model(config, seed: int = 0, gain: float = 1.0):
     """Our `DacModel` of `config` with seeded, perturbed random weights."""
-    import dac_package
-
     torch.manual_seed(seed)
-    return perturb(dac_package.load().DacModel(config), gain)
+    return perturb(DacModel(config), gain)
 
 
 def reference_model(preset: str, seed: int = 0):
     """The reference package's `dac.model.DAC` of a released preset with seeded, perturbed random weights."""
-    import dac
-    import dac_package
-
-    dac_package.load()
-    from dac_codec.configuration_dac import PRESETS
+    import dac  # the reference package: a test dependency
 
     torch.manual_seed(seed)
     kwargs = dict(PRESETS[preset])

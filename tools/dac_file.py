@@ -27,7 +27,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class DacFile:
             artifacts["model"] = dict(self.model)
         path = os.fspath(path)
         with open(path, "wb") as file:
-            np.save(file, artifacts)  # writes to the open file: np.save would add ".npy" to a name
+            np.save(file, cast(Any, artifacts))  # to the open file: np.save would add ".npy" to a name
         return path
 
     @classmethod

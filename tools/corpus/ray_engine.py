@@ -21,8 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .corpus import SCHEMA, Corpus, InputReader, Report, Row, Shard, Tokenizer, rows_table, write_shard
-from .loading import load_model, resolve_device
+from ..loading import load_model, resolve_device
+from .shards import SCHEMA, Row, Shard, rows_table, write_shard
+from .sources import Corpus, InputReader
+from .tokenizer import Report, Tokenizer
 
 CONNECT_TIMEOUT_S = 5.0  # an address that does not answer within this is reported, not retried for minutes
 ACTORS_START_TIMEOUT_S = 300  # the actors' models loaded, or Ray Data gives up (they were sized to fit the nodes)

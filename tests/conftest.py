@@ -3,7 +3,15 @@ seeded generator. The reference package's model comes from `random_weights.refer
 perturbation as ours. Everything is imported from the installed package `dac_codec` (the editable install of this
 checkout that scripts/setup_env.sh makes), as users import it."""
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
+# transformers copies remote code into one modules folder per user; the test workers (pytest-xdist) would write it at
+# once, so each process of the suite has its own, set before transformers is imported.
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="dac-codec-hf-modules-")
 
 import numpy as np
 import pytest
@@ -13,6 +21,8 @@ import torch
 from dac_codec import DacConfig, DacModel
 from dac_codec.tools.convert import write_model_folder
 from dac_codec.tools.random_weights import TINY_GAIN, random_model
+
+atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 ALSA = Path("/usr/share/sounds/alsa/Front_Center.wav")  # a human voice, 48 kHz mono, where alsa-utils is installed

@@ -37,7 +37,7 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from dac_codec import corpus
+    from dac_codec.tools import corpus
 
     source, model, output, shard_size = sys.argv[1:5]
     before = listening()

@@ -409,9 +409,8 @@ def test_bfloat16_model_runs_close_to_float32(model):
 # ----------------------------------------------------------------------------------------------------------------
 # Reproducibility
 REPEAT_SCRIPT = """
-import hashlib, json, sys, torch
-sys.path.insert(0, sys.argv[1])
-from conftest import GEOMETRIES, tiny_model
+import hashlib, json, torch
+from conftest import GEOMETRIES, tiny_model  # run from the tests' folder
 digests = []
 for geometry in GEOMETRIES:
     model = tiny_model(geometry, encoder_dim=16, decoder_dim=256)  # wide enough for oneDNN's blocked kernels
@@ -428,14 +427,13 @@ def test_same_bits_in_every_call_and_process(tmp_path):
     """Encoding and decoding give the same bits in the first call of a process, in later calls and in other
     processes (which lay out memory differently), with torch's default threads."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    tests = str(Path(__file__).resolve().parent)
     runs = []
-    for _ in range(3):
-        done = subprocess.run([sys.executable, "-c", REPEAT_SCRIPT, tests], capture_output=True, text=True,
-                              env=env, timeout=300)
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", REPEAT_SCRIPT], capture_output=True, text=True, env=env,
+                              cwd=Path(__file__).resolve().parent, timeout=300)
         assert done.returncode == 0, done.stderr
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     for digests in runs:
         for geometry in range(len(GEOMETRIES)):
             assert digests[2 * geometry] == digests[2 * geometry + 1]  # first call == second call
-    assert runs[0] == runs[1] == runs[2]
+    assert runs[0] == runs[1]

@@ -203,9 +203,31 @@ def test_pip_install_alone_gives_a_working_command(tree, tmp_path):
                               timeout=300)
         assert done.returncode == 0, done.stderr
     assert soundfile.info(tmp_path / "a" / "tone.wav").frames == soundfile.info(tree / "data" / "tone.wav").frames
-    light = ("import sys; from dac_codec import cli\n"
+    light = ("import sys; from dac_codec.tools import cli\n"
              "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
              "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
     for args in (["--help"], ["encode", "--help"], ["info", str(tmp_path / "c" / "tone.dac")]):
         done = subprocess.run([python, "-c", light, *args], capture_output=True, text=True, env=env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
+
+
+def test_compress_and_decompress_are_the_commands_in_python(tree, other_weights, tmp_path):
+    """The library API the command line stands on: `compress` gives the file `encode` writes, `decompress` the
+    audio `decode` writes (in memory, or to a file)."""
+    from dac_codec import compress, decompress, load_model
+
+    source = tree / "data" / "music" / "stereo.flac"
+    assert cli.main(["encode", str(source), "--output", str(tmp_path / "cli"), "--model", str(tree / "model")]) == 0
+    assert cli.main(["decode", str(tmp_path / "cli" / "stereo.dac"), "--output", str(tmp_path / "cli")]) == 0
+    model = load_model(tree / "model")
+    dac = compress(model, source)
+    written = DacFile.load(tmp_path / "cli" / "stereo.dac")
+    assert torch.equal(dac.codes, written.codes) and dac.model == written.model
+    assert (dac.original_length, dac.sample_rate, dac.channels) == (written.original_length, 22050, 2)
+    audio = decompress(model, dac)
+    expected, rate = soundfile.read(tmp_path / "cli" / "stereo.wav", dtype="float32", always_2d=True)
+    assert audio.shape == expected.T.shape and np.array_equal(audio, expected.T)  # float WAV: the same bits
+    path = decompress(model, tmp_path / "cli" / "stereo.dac", tmp_path / "py" / "stereo.wav")
+    assert np.array_equal(soundfile.read(path, dtype="float32", always_2d=True)[0], expected)
+    with pytest.raises(ValueError, match="another set of weights"):
+        decompress(load_model(other_weights), dac)

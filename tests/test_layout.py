@@ -120,3 +120,15 @@ def test_no_modules_import_each_other_in_a_circle():
 
     for name in modules:
         assert not circle(name), " -> ".join([*circle(name), name])
+
+
+def test_the_root_loads_as_a_hub_repo():
+    """config.json at the root: the 44.1 kHz release's configuration, with the auto_map of every built folder."""
+    from transformers import AutoConfig
+
+    from dac_codec import DacConfig
+    from dac_codec.tools.convert import AUTO_MAP
+
+    config = AutoConfig.from_pretrained(ROOT, trust_remote_code=True)
+    assert type(config).__name__ == "DacConfig" and config.auto_map == AUTO_MAP
+    assert config.architecture() == DacConfig.from_preset("44khz").architecture()

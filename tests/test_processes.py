@@ -103,7 +103,8 @@ def test_killed_tokenize_leaves_no_process(layout, tree, long_corpus, tmp_path, 
 @pytest.mark.parametrize("how", ["Ctrl-C", "SIGTERM"])
 def test_a_stopped_tokenize_says_so_in_one_line_and_leaves_nothing_half_done(how, tree, clips, tmp_path, started):
     output = tmp_path / "tokens"
-    process = started(*tokenize_command(clips, output, tree / "model", "--workers", "2", "--readers", "1"))
+    layout = ["--workers", "2", "--readers", "1"] if how == "Ctrl-C" else ["--readers", "1"]
+    process = started(*tokenize_command(clips, output, tree / "model", *layout))
     wait_for(lambda: any(output.glob("part-*.parquet")), "a first shard")
     if how == "Ctrl-C":
         os.killpg(process.pid, signal.SIGINT)  # as a terminal sends it: to every process of the group

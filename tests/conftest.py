@@ -12,6 +12,9 @@ from pathlib import Path
 # transformers copies remote code into one modules folder per user; the test workers (pytest-xdist) would write it at
 # once, so each process of the suite has its own, set before transformers is imported.
 os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="dac-codec-hf-modules-")
+# The test workers and the commands they start share the cores: one torch thread each, or their thread pools spin
+# against each other and every process slows down many times over. A test that wants torch's default removes it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest

@@ -9,6 +9,8 @@ conversion, corpora) and `training` (the objective and fine-tuning). Names are i
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +25,10 @@ __all__ = ["DacConfig", "DacEncoderOutput", "DacFile", "DacModel", "DacOutput", 
 _HOMES = {"DacConfig": ".configuration_dac", "DacEncoderOutput": ".modeling_dac", "DacModel": ".modeling_dac",
           "DacOutput": ".modeling_dac", "DacFile": ".tools.dac_file", "compress": ".tools.compress",
           "decompress": ".tools.compress", "load_model": ".tools.loading"}
+# Modules that sat beside the model before the tools had a package of their own, and where they are now.
+_MOVED = {"cli": "tools.cli", "corpus": "tools.corpus", "corpus_ray": "tools.corpus.ray_engine",
+          "dac_file": "tools.dac_file", "files": "tools.files", "loading": "tools.loading",
+          "loudness": "tools.loudness", "processes": "tools.processes"}
 
 
 def __getattr__(name: str) -> Any:
@@ -35,3 +41,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
+
+
+class _MovedModules(importlib.abc.MetaPathFinder):
+    """Asked last, for a module no other finder has: an old path of a moved module is an error naming the new one."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        package, _, name = fullname.rpartition(".")
+        if package == __name__ and name in _MOVED:
+            raise ImportError(f"{fullname} is now {__name__}.{_MOVED[name]}", name=fullname)
+        return None
+
+
+sys.meta_path.append(_MovedModules())

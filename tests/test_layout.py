@@ -132,3 +132,22 @@ def test_the_root_loads_as_a_hub_repo():
     config = AutoConfig.from_pretrained(ROOT, trust_remote_code=True)
     assert type(config).__name__ == "DacConfig" and config.auto_map == AUTO_MAP
     assert config.architecture() == DacConfig.from_preset("44khz").architecture()
+
+
+def test_the_old_paths_of_moved_modules_name_the_new_ones():
+    """`dac_codec.corpus` and the other modules that sat at the root before `tools/`: each of the old ways to import
+    one is an ImportError naming where it is now, and that path imports."""
+    import importlib
+
+    from dac_codec import _MOVED
+
+    for old, new in _MOVED.items():
+        assert not (ROOT / f"{old}.py").exists()
+        importlib.import_module(f"dac_codec.{new}")
+        for statement in (f"import dac_codec.{old}", f"from dac_codec import {old}", f"from dac_codec.{old} import x"):
+            try:
+                exec(statement, {})
+            except ImportError as error:
+                assert str(error) == f"dac_codec.{old} is now dac_codec.{new}", statement
+            else:
+                raise AssertionError(f"{statement} imported")

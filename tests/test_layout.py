@@ -15,17 +15,19 @@ from conftest import ROOT
 MODEL = ("configuration_dac.py", "streaming.py", "dac_layers.py", "chunking.py", "audio_io.py", "modeling_dac.py")
 PROJECT_FILES = {"README.md", "config.json", "requirements.txt", "pyproject.toml", "constraints.txt", "pytest.ini",
                  "requirements-cli.txt", "requirements-datasets.txt", "requirements-ray.txt", "requirements-test.txt",
-                 "requirements-reference.txt", ".gitignore", "__init__.py", *MODEL}
-FOLDERS = {"tools", "training", "tests", "scripts", "benchmarks", "samples", ".fig", ".ci"}
+                 "requirements-reference.txt", "requirements-evaluate.txt", "requirements-pesq.txt", ".gitignore",
+                 "__init__.py", *MODEL}
+FOLDERS = {"tools", "training", "evaluation", "tests", "scripts", "benchmarks", "samples", ".fig", ".ci"}
 BUILT = {".venv", "build", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache", "__pycache__", "out"}  # made here
-OUTSIDE = ("tools", "training", "scripts")  # what must stand on the model's public API
+SUBPACKAGES = ("tools", "training", "evaluation")  # what the package adds to the model
+OUTSIDE = (*SUBPACKAGES, "scripts")  # what must stand on the model's public API
 INTERNALS = {"encoder", "decoder", "quantizer", "geometry"}  # the model's parts: attributes tools must not touch
 
 
 def package_modules() -> dict[str, Path]:
     """Module name (dac_codec.x.y) -> file, for the package's every module."""
     modules = {}
-    for path in [*ROOT.glob("*.py"), *ROOT.glob("tools/**/*.py"), *ROOT.glob("training/**/*.py")]:
+    for path in [*ROOT.glob("*.py"), *(p for folder in SUBPACKAGES for p in ROOT.glob(f"{folder}/**/*.py"))]:
         parts = path.relative_to(ROOT).with_suffix("").parts
         parts = parts[:-1] if parts[-1] == "__init__" else parts
         modules[".".join(("dac_codec", *parts))] = path
@@ -78,7 +80,7 @@ def test_model_modules_import_each_other_relatively_and_one_way():
 
 def test_tools_stand_on_the_models_public_api():
     for name, path in package_modules().items():
-        if not name.startswith(("dac_codec.tools", "dac_codec.training")):
+        if not name.startswith(tuple(f"dac_codec.{folder}" for folder in SUBPACKAGES)):
             continue
         for module, names, line in imports(name, path):
             assert module not in ("dac_codec.chunking", "dac_codec.streaming"), f"{path}:{line} imports {module}"

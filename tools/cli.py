@@ -6,6 +6,7 @@
     dac-codec info FILE.dac
     dac-codec tokenize INPUT --output DIR [...]          dac-codec detokenize DIR --output AUDIO_DIR [...]
     dac-codec finetune --model NAME --data DIR --output RUN [...]
+    dac-codec evaluate INPUT --model NAME [--model NAME2 ...] [--n-quantizers 1,2,4,all] --output DIR
 
 An INPUT is a file or a folder, walked recursively; each file becomes DIR/<its path relative to the folder, or its
 name> with the suffix `.dac` (encode) or `.wav` (decode). Two inputs that would write one output (a.wav and a.flac,
@@ -85,11 +86,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     commands.add_parser("info", help="what a .dac file holds").add_argument("file")
     _add_corpus_commands(commands)
     _add_finetune_command(commands)
+    _add_evaluate_command(commands)
     args = parser.parse_args(argv)
     if args.command in ("tokenize", "detokenize"):
         return run_command(lambda: _corpus_command(args, argv))
     if args.command == "finetune":
         return run_command(lambda: _finetune_command(args))
+    if args.command == "evaluate":
+        return run_command(lambda: _evaluate_command(args))
     if args.command == "info":
         return run_command(lambda: print(info(args.file)) or 0)
     return run_command(lambda: _files_command(args))
@@ -246,6 +250,45 @@ def _finetune_command(args: argparse.Namespace) -> int:
                       save_every=args.save_every, device=args.device, precision=args.precision, seed=args.seed)
     print(f"wrote {folder}: load it with AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)")
     return 0
+
+
+def _add_evaluate_command(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="how good each model is on your audio, at each bitrate: a table, a summary and a report",
+        description="Encodes and decodes every input of a folder of audio files, one audio file, a text file of "
+                    "paths or a Hugging Face dataset with each model at each bitrate, scores each reconstruction "
+                    "against its input (the original's mel, STFT, L1 and SI-SDR at 22.05 and 44.1 kHz, ViSQOL, STOI, "
+                    "F0 correlation; PESQ if asked for) and writes DIR/metrics.parquet and .csv, DIR/summary.json "
+                    "and DIR/report.html; rerun the same command to resume.")
+    evaluate.add_argument("input", metavar="INPUT")
+    evaluate.add_argument("--model", action="append", required=True,
+                          help="folder, Hub id or .pth; give it again for more models (the first is the baseline of "
+                               "the paired differences)")
+    evaluate.add_argument("--n-quantizers", default="all", help="codebooks per bitrate, e.g. 1,2,4,all (all)")
+    evaluate.add_argument("--output", required=True, metavar="DIR")
+    evaluate.add_argument("--measures", default=None,
+                          help="comma-separated, of original, visqol, stoi, f0, pesq (default: all but pesq)")
+    evaluate.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    evaluate.add_argument("--no-report", action="store_true", help="the table and summary only")
+    evaluate.add_argument("--audio-column", default="audio", help="datasets: the audio column")
+    evaluate.add_argument("--id-column", default=None, help="datasets: the column of ids (default: row index)")
+    evaluate.add_argument("--split", default=None, help="datasets: the split")
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from ..evaluation import DEFAULT_MEASURES, evaluate, parse_bitrates
+    from .corpus import Corpus
+
+    measures = [m.strip() for m in args.measures.split(",")] if args.measures else list(DEFAULT_MEASURES)
+    bitrates = parse_bitrates(args.n_quantizers)
+    source = Corpus.open(args.input, args.audio_column, args.id_column, args.split)
+    summary = evaluate(source, args.output, args.model, bitrates, measures, args.device, report=not args.no_report)
+    for id, why in summary.failed:
+        print(f"failed: {id}: {why}", file=sys.stderr)
+    where = Path(args.output) / ("metrics.csv" if args.no_report else "report.html")
+    print(f"evaluate: {summary.measured} inputs measured, {summary.already_done} already done, "
+          f"{len(summary.failed)} failed; see {where}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def plot_scores(path: Path, summary: dict[str, Any], columns: list[str]) -> None
                        for p in points]
                 high = [(p[1]["ci95"][1] if p[1]["ci95"][1] is not None else p[1]["mean"]) - p[1]["mean"]
                         for p in points]
-                ax.errorbar(x, y, yerr=[low, high], marker="o", capsize=3, label=f"{index}: {Path(model).name}")
+                ax.errorbar(x, y, yerr=[low, high], marker="o", capsize=3, color=f"C{index}",
+                            label=f"{index}: {Path(model).name}")
             ax.set_title(f"{column} ({better(column)} is better)", fontsize=9)
             ax.set_xlabel("kbps", fontsize=8)
             ax.tick_params(labelsize=7)

@@ -150,13 +150,12 @@ def write_report(output: Path, table: pa.Table, summary: dict[str, Any], setting
             samples = reader.read(references[id]).samples
             stem = f"{label}-{index}"
             write_audio(folder / f"{stem}-input.wav", torch.from_numpy(samples)[None, None], rate)
-            players = [f"<figure><figcaption>input ({rate} Hz)</figcaption><audio controls preload=metadata "
-                       f"src='report/{stem}-input.wav'></audio></figure>"]
+            audio_tag = f'<audio controls preload="metadata" data-id="{html.escape(id)}" src="report/{stem}'
+            players = [f"<figure><figcaption>input ({rate} Hz)</figcaption>{audio_tag}-input.wav\"></audio></figure>"]
             for n in settings["n_quantizers"]:
                 _, audio = roundtrip(model, samples, None if n == "all" else int(n))
                 write_audio(folder / f"{stem}-{n}.wav", torch.from_numpy(audio)[None, None], rate)
-                players.append(f"<figure><figcaption>{n} codebooks</figcaption><audio controls preload=metadata "
-                               f"src='report/{stem}-{n}.wav'></audio></figure>")
+                players.append(f"<figure><figcaption>{n} codebooks</figcaption>{audio_tag}-{n}.wav\"></audio></figure>")
             plot_spectrograms(folder / f"{stem}.png", samples, audio, rate,
                               f"{Path(name).name}, {settings['n_quantizers'][-1]} codebooks")
             parts.append(f"<p>{index}: {html.escape(name)}</p><img src='report/{stem}.png' alt='spectrograms'>"

@@ -175,3 +175,43 @@ def test_a_rerun_resumes_and_other_settings_are_refused(run, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (root / "out" / "parts").iterdir()} == before
     assert main([*args[:-4], "--n-quantizers", "2", "--output", str(root / "out")]) == 1
     assert "holds an evaluation with other settings (n_quantizers differ)" in one_line(capsys.readouterr().err)
+
+
+LOADED = """els => Promise.all(els.map(a => a.readyState >= 1 ? [a.dataset.id, a.duration] : new Promise(done => {
+    a.addEventListener('loadedmetadata', () => done([a.dataset.id, a.duration]));
+    a.addEventListener('error', () => done([a.dataset.id, null]));
+    a.load();
+})))"""
+
+
+def test_the_report_page_loads_in_a_real_browser(run):
+    """Headless Chromium (Debian's, driven by Playwright) on file://: every image loads, every player loads its
+    metadata with the duration of its input, and the console has no errors."""
+    import shutil
+
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser_path is None:
+        pytest.skip("needs Debian's chromium (scripts/setup_env.sh --test installs it where apt-get can)")
+    from playwright.sync_api import sync_playwright
+
+    root, _, _ = run
+    seconds = {r["id"]: r["seconds"] for r in pq.read_table(root / "out" / "metrics.parquet").to_pylist()
+               if r["seconds"] is not None}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto((root / "out" / "report.html").as_uri(), wait_until="load", timeout=60_000)
+            images = page.eval_on_selector_all("img", "els => els.map(e => [e.src, e.complete, e.naturalWidth])")
+            players = page.eval_on_selector_all("audio", LOADED)
+        finally:
+            browser.close()
+    assert len(images) == 1 + 3 * 2  # the scores, and a spectrogram a model for each of three inputs
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert len(players) == 3 * 2 * 3  # three inputs, two models: the input and two bitrates each
+    for id, duration in players:
+        assert duration == pytest.approx(seconds[id], abs=1e-3), id  # a WAV's length, to the millisecond
+    assert not errors, errors

@@ -15,7 +15,8 @@ if [[ "${1:-}" == "--test" ]]; then
   rm -f .venv/lib/python*/site-packages/torchaudio/lib/*.so
   # The report page's browser test drives Debian's chromium (Playwright's own browsers are a download we do not need).
   if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
-    apt-get install -y -q chromium >/dev/null || echo "setup_env: could not install chromium; the browser test skips"
+    { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } >/dev/null \
+      || echo "setup_env: could not install chromium; the browser test skips"
   fi
 else
   $PIP install -q -c constraints.txt -r requirements.txt -r requirements-cli.txt

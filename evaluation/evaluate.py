@@ -163,7 +163,7 @@ def done_part(path: Path, id: str, expected_rows: int, columns: Sequence[str]) -
             and set(table.column("id").to_pylist()) == {id})
 
 
-def evaluate(source: Union[Corpus, str], output: Union[str, Path], models: Sequence[str],
+def evaluate(source: Union[Corpus, str], output: Union[str, Path], models: Sequence[Union[str, Any]],
              n_quantizers: Sequence[Optional[int]] = (None,), measures: Sequence[str] = DEFAULT_MEASURES,
              device: Optional[str] = None, progress: bool = True, report: bool = True) -> Summary:
     """Evaluates each model at each bitrate on every input of `source`, into the folder `output` (see the module's
@@ -172,8 +172,8 @@ def evaluate(source: Union[Corpus, str], output: Union[str, Path], models: Seque
     Args:
         source: A `Corpus`, or what `Corpus.open` takes (a folder, an audio file, a list of paths, a dataset).
         output: The folder of results.
-        models: Folders, Hub ids or checkpoints, as `load_model` takes them; the first is the baseline of the
-            paired differences.
+        models: Folders, Hub ids or checkpoints, as `load_model` takes them, or loaded models; the first is the
+            baseline of the paired differences.
         n_quantizers: Codebooks per bitrate; None for all.
         measures: Names of `metrics.MEASURES`.
         device: Where the models run (default: cuda if available, else cpu).
@@ -189,11 +189,13 @@ def evaluate(source: Union[Corpus, str], output: Union[str, Path], models: Seque
     check_output_folder(output)
     if not models:
         raise ValueError("Give at least one --model.")
-    if len(set(models)) != len(models):
+    named = [(m, None) if isinstance(m, str) else (str(m.name_or_path) or f"model {i}", m)
+             for i, m in enumerate(models)]
+    if len({name for name, _ in named}) != len(named):
         raise ValueError("A model is given twice; give each once.")
     chosen = check_measures(list(measures))
     where, _ = resolve_device(device)
-    loaded = [(name, load_model(name)) for name in models]
+    loaded = [(name, load_model(name) if model is None else model) for name, model in named]
     evaluator = Evaluator(loaded, list(n_quantizers), chosen)
     settings = settings_of(loaded, n_quantizers, chosen, corpus)
     for _, model in loaded:

@@ -85,3 +85,36 @@ def test_a_folder_without_audio_is_a_clear_error(files, tmp_path, capsys):
     assert cli.main(["finetune", "--model", str(files / "model"), "--data", str(tmp_path), "--output",
                      str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err.startswith("error: No readable audio file")
+
+
+def test_validation_logs_keeps_the_best_and_writes_the_report(files, tmp_path, capsys):
+    """Two steps, validated after each: log.csv has a row a validation with the losses and the scores, TensorBoard
+    holds the scalars and the reconstructions, OUTPUT/best is the model of the lowest validation mel distance, and
+    OUTPUT/evaluation holds the report of the fine-tuned model against the starting one on the held-out files."""
+    import csv
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    val = tmp_path / "val"
+    val.mkdir()
+    soundfile.write(val / "held.wav", 0.3 * np.sin(2 * np.pi * 330 * np.arange(24000) / 16000), 16000)
+    run(files, tmp_path / "run", 2, "--val", str(val), "--val-every", "1", "--val-count", "2", "--val-duration", "1")
+    with open(tmp_path / "run" / "log.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [r["step"] for r in rows] == ["1", "2"]
+    assert all(float(r["val/mel-44k"]) > 0 and float(r["train/mel"]) > 0 for r in rows)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"audio": 0}).Reload()
+    assert [e.step for e in events.Scalars("val/mel-44k")] == [1, 2]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert {"val/reconstruction-0", "val/input-0"} <= set(events.Tags()["audio"])
+
+    best_step = min(rows, key=lambda r: float(r["val/mel-44k"]))["step"]
+    best = load_file(tmp_path / "run" / "best" / "model.safetensors")
+    final = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    same = all(torch.equal(best[k], final[k]) for k in final)
+    assert same == (best_step == "2")  # the best is the last step's model only if the last step scored best
+
+    summary = json.loads((tmp_path / "run" / "evaluation" / "summary.json").read_text())
+    assert [g["model"] for g in summary["groups"]] == [str(files / "model"), str(tmp_path / "run" / "model")]
+    assert summary["paired"] and (tmp_path / "run" / "evaluation" / "report.html").is_file()

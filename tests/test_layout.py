@@ -15,7 +15,8 @@ from conftest import ROOT
 MODEL = ("configuration_dac.py", "streaming.py", "dac_layers.py", "chunking.py", "audio_io.py", "modeling_dac.py")
 PROJECT_FILES = {"README.md", "config.json", "requirements.txt", "pyproject.toml", "constraints.txt", "pytest.ini",
                  "requirements-cli.txt", "requirements-datasets.txt", "requirements-ray.txt", "requirements-test.txt",
-                 "requirements-reference.txt", "requirements-evaluate.txt", "requirements-pesq.txt", ".gitignore",
+                 "requirements-reference.txt", "requirements-evaluate.txt", "requirements-pesq.txt",
+                 "requirements-train.txt", ".gitignore",
                  "__init__.py", *MODEL}
 FOLDERS = {"tools", "training", "evaluation", "tests", "scripts", "benchmarks", "samples", ".fig", ".ci"}
 BUILT = {".venv", "build", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache", "__pycache__", "out"}  # made here

@@ -240,6 +240,13 @@ def _add_finetune_command(commands) -> None:
     finetune.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     finetune.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="mixed on CUDA")
     finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--val", default=None, metavar="DIR",
+                          help="held-out audio: scored every --val-every steps (log.csv, tensorboard/), the best "
+                               "model kept in OUTPUT/best, and an evaluate report against the starting model at the "
+                               "end (OUTPUT/evaluation)")
+    finetune.add_argument("--val-every", type=int, default=500, help="steps between validations")
+    finetune.add_argument("--val-count", type=int, default=8, help="held-out excerpts (drawn once, seeded)")
+    finetune.add_argument("--val-duration", type=float, default=3.0, help="seconds per held-out excerpt")
 
 
 def _finetune_command(args: argparse.Namespace) -> int:
@@ -247,7 +254,9 @@ def _finetune_command(args: argparse.Namespace) -> int:
 
     folder = finetune(args.model, args.data, args.output, steps=args.steps, batch_size=args.batch_size,
                       duration=args.duration, lr=args.lr, quantizer_dropout=args.quantizer_dropout,
-                      save_every=args.save_every, device=args.device, precision=args.precision, seed=args.seed)
+                      save_every=args.save_every, device=args.device, precision=args.precision, seed=args.seed,
+                      val=args.val, val_every=args.val_every, val_count=args.val_count,
+                      val_duration=args.val_duration)
     print(f"wrote {folder}: load it with AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)")
     return 0
 

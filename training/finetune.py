@@ -35,7 +35,7 @@ from ..modeling_dac import DacModel
 from ..tools.command import first_line
 from ..tools.convert import write_model_folder
 from ..tools.files import AUDIO_SUFFIXES, write_atomically
-from ..tools.loading import load_model, resolve_device
+from ..tools.loading import fold_weight_norm, load_model, load_strict, resolve_device
 from . import losses
 
 MAX_DURATION = 60.0  # seconds per excerpt: the original trains on 0.38 s; more is a mistake that fills memory
@@ -104,6 +104,7 @@ class Trainer:
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self.step = 0
+        self.best: Optional[float] = None  # the best validation score so far (validation.BEST_BY)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
@@ -144,7 +145,7 @@ class Trainer:
                 "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
                 "optimizers": [o.state_dict() for o in self.optimizers],
                 "schedulers": [s.state_dict() for s in self.schedulers], "scaler": self.scaler.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(), "best": self.best}
 
     def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
         """Resumes from `state_dict()`'s output; one of another model, or not of this trainer, is a ValueError."""
@@ -162,6 +163,8 @@ class Trainer:
                 target.load_state_dict(saved)
             torch.set_rng_state(state["torch_rng"].cpu())
             self.step = int(state["step"])
+            best = state.get("best")
+            self.best = None if best is None else float(best)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:  # strict loads of a damaged checkpoint
             raise ValueError(f"{source} does not fit this trainer ({first_line(error)}); give another "
                              "--output.") from None
@@ -211,6 +214,7 @@ class StopRequests:
 def finetune(model: Union[str, DacModel], data: str, output: Union[str, Path], steps: int = 10000,
              batch_size: int = 12, duration: float = 0.38, lr: float = 1e-4, quantizer_dropout: float = 1.0,
              save_every: int = 1000, device: Optional[str] = None, precision: str = "fp32", seed: int = 0,
+             val: Optional[str] = None, val_every: int = 500, val_count: int = 8, val_duration: float = 3.0,
              progress: bool = True) -> Path:
     """Fine-tunes `model` (a name for `load_model`, or a model) on the audio under `data` (see the module's
     docstring) and returns the folder of the fine-tuned model, OUTPUT/model.
@@ -225,14 +229,21 @@ def finetune(model: Union[str, DacModel], data: str, output: Union[str, Path], s
         device: Where to train (default: cuda if available).
         precision: "fp32", or mixed "bf16" or "fp16" on CUDA.
         seed: Seeds the initialisation of the discriminator and the choice of excerpts.
+        val: A folder of held-out audio: every `val_every` steps `val_count` excerpts of `val_duration` seconds
+            from it (drawn once, seeded) are scored (`training.validation`); the best model by mel distance is kept
+            in OUTPUT/best, and at the end OUTPUT/evaluation holds the evaluate report of the fine-tuned model
+            against the one it started from, on the files of `val`.
 
     Raises:
         ValueError: A value out of range, a model or data that cannot be used, a checkpoint of another model.
     """
     from tqdm import tqdm
 
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("save_every", save_every)):
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("save_every", save_every),
+                        ("val_every", val_every), ("val_count", val_count)):
         check_int(name, value)
+    check_number("val_duration", val_duration, 0.5, MAX_DURATION, f"[0.5, {MAX_DURATION:g}] seconds",
+                 include_high=True)
     check_number("quantizer_dropout", quantizer_dropout, 0, 1, "[0, 1]", include_high=True)
     check_number("lr", lr, 1e-12, 1, "(0, 1)")
     if precision not in PRECISIONS:
@@ -257,16 +268,59 @@ def finetune(model: Union[str, DacModel], data: str, output: Union[str, Path], s
     if checkpoint.is_file():
         load_checkpoint(trainer, excerpts, checkpoint)
         print(f"resumed from {checkpoint} at step {trainer.step}", file=sys.stderr)
-    with StopRequests() as stop, tqdm(total=steps, initial=trainer.step, unit="step", desc="fine-tuning",
-                                      disable=not progress) as bar:
-        while trainer.step < steps:
-            values = trainer.train_step(excerpts.batch(batch_size))
-            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
-            bar.update()
-            if trainer.step % save_every == 0 or trainer.step == steps or stop:
-                save_checkpoint(trainer, excerpts, checkpoint)
-            if stop:
-                raise KeyboardInterrupt  # at a step's end, its checkpoint written: one line, and the rerun resumes
-    tuned = trainer.generator.eval().cpu()
-    tuned.remove_weight_norm()
-    return write_model_folder(tuned, output / "model")
+    validation = None
+    if val is not None:
+        from .validation import Validation
+
+        held_out = Excerpts(val, config.sampling_rate, val_duration, torch.Generator().manual_seed(seed + 1))
+        validation = Validation(held_out.batch(val_count), config.sampling_rate, output, trainer.step)
+    try:
+        with StopRequests() as stop, tqdm(total=steps, initial=trainer.step, unit="step", desc="fine-tuning",
+                                          disable=not progress) as bar:
+            while trainer.step < steps:
+                values = trainer.train_step(excerpts.batch(batch_size))
+                bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+                bar.update()
+                if validation is not None:
+                    validation.train_step(trainer.step, values)
+                    if trainer.step % val_every == 0 or trainer.step == steps:
+                        validate(trainer, validation, values, output)
+                if trainer.step % save_every == 0 or trainer.step == steps or stop:
+                    save_checkpoint(trainer, excerpts, checkpoint)
+                if stop:
+                    raise KeyboardInterrupt  # at a step's end, its checkpoint written: one line; the rerun resumes
+    finally:
+        if validation is not None:
+            validation.close()
+    folder = write_model_folder(plain_model(trainer.generator), output / "model")
+    if val is not None:
+        from ..evaluation import evaluate
+
+        evaluate(val, output / "evaluation", [model if isinstance(model, str) else loaded, str(folder)],
+                 device=str(device), progress=progress)
+    return folder
+
+
+def plain_model(generator: DacModel) -> DacModel:
+    """A copy of the generator on the CPU with weight norm folded into plain weights; the generator is untouched."""
+    model = DacModel(generator.config)
+    state = {name: tensor.detach().cpu() for name, tensor in generator.state_dict().items()}
+    load_strict(model, fold_weight_norm(state), "the generator")
+    return model.eval()
+
+
+def validate(trainer: Trainer, validation, losses: dict[str, float], output: Path) -> None:
+    """Scores the held-out excerpts; a new best (lower mel distance) is written to OUTPUT/best, a model folder."""
+    import os
+    import shutil
+
+    from .validation import BEST_BY, better_than
+
+    means = validation(trainer.generator, trainer.step, losses)
+    if better_than(means[BEST_BY], trainer.best):
+        trainer.best = means[BEST_BY]
+        # written whole, then put in place of the last best
+        temporary = write_model_folder(plain_model(trainer.generator), output / ".best.partial")
+        if (output / "best").exists():
+            shutil.rmtree(output / "best")
+        os.replace(temporary, output / "best")

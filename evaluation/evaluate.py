@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+import queue
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from ..configuration_dac import check_int
 from ..tools.command import first_line
 from ..tools.corpus.sources import Corpus, InputReader
 from ..tools.files import check_output_folder, write_atomically
 from ..tools.loading import load_model, model_identity, resolve_device
+from ..tools.processes import spawning, start_child, stop
 from .metrics import DEFAULT_MEASURES, check_measures
 from .report import write_report
 from .roundtrip import roundtrip
@@ -117,6 +122,73 @@ class Evaluator:
         return scores
 
 
+def measure_inputs(evaluator: Evaluator, corpus: Corpus, pending: Sequence[tuple[int, str, Any]], output: Path,
+                   report: Callable[[int, float], None]) -> None:
+    """Measures each (index, id, reference) of `pending` into its part, reporting (1, seconds of audio) for each."""
+    readers = {rate: InputReader(corpus, rate) for rate in {m.config.sampling_rate for _, m in evaluator.models}}
+    for index, id, reference in pending:
+        rows = evaluator.rows(id, {rate: reader.read(reference) for rate, reader in readers.items()})
+        table = pa.Table.from_pylist(rows, schema=schema(evaluator.columns))
+        write_atomically(part_path(output, index), lambda p, table=table: pq.write_table(table, p))
+        report(1, max((r["seconds"] or 0.0) for r in rows))
+
+
+def _worker(names: list[str], device: str, threads: int, bitrates: list, measures: list[str], corpus: Corpus,
+            output: str, jobs, reports) -> None:
+    """One evaluation process: loads the models on its device and measures the inputs it takes from `jobs`."""
+    start_child(threads)
+    try:
+        where, _ = resolve_device(device)
+        evaluator = Evaluator([(name, load_model(name).to(where)) for name in names], bitrates,
+                              check_measures(measures))
+        measure_inputs(evaluator, corpus, iter(jobs.get, None), Path(output),
+                       lambda done, seconds: reports.put(("progress", done, seconds)))
+    except BaseException as error:
+        reports.put(("failed", device, f"{type(error).__name__}: {error}"))
+        raise
+    reports.put(("done", device, None))
+
+
+def run_workers(names: list[str], devices: list[str], bitrates: list, measures: list[str], corpus: Corpus,
+                pending: Sequence[tuple[int, str, Any]], output: Path, report: Callable[[int, float], None]) -> None:
+    """A spawned process per device (several for CPU workers, the cores split between them) taking inputs from a
+    shared queue; all are stopped if one fails or this process is interrupted. What they finished is kept."""
+    context = multiprocessing.get_context("spawn")
+    jobs, reports = context.Queue(), context.Queue()
+    for job in pending:
+        jobs.put(job)
+    for _ in devices:
+        jobs.put(None)
+    cpus = sum(d == "cpu" for d in devices)
+    threads = max(1, (os.cpu_count() or 1) // max(1, cpus))
+    processes = [context.Process(target=_worker, name=f"dac-codec evaluate {device}",
+                                 args=(names, device, threads, bitrates, measures, corpus, str(output), jobs,
+                                       reports)) for device in devices]
+    with spawning():
+        for process in processes:
+            process.start()
+    try:
+        running = len(processes)
+        while running:
+            try:
+                kind, *payload = reports.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in processes if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"{dead[0].name} exited with code {dead[0].exitcode}; what was finished is "
+                                       "kept: rerun the same command to resume.") from None
+                continue
+            if kind == "progress":
+                report(*payload)
+            elif kind == "failed":
+                raise RuntimeError(f"the evaluation on {payload[0]} failed: {payload[1]}; what was finished is kept: "
+                                   "rerun the same command to resume.")
+            else:
+                running -= 1
+    finally:
+        stop(processes)
+
+
 def settings_of(models: Sequence[tuple[str, Any]], bitrates: Sequence[Optional[int]], measures: list,
                 corpus: Corpus) -> dict[str, Any]:
     return {"format": FORMAT, "input": corpus.location,
@@ -165,7 +237,8 @@ def done_part(path: Path, id: str, expected_rows: int, columns: Sequence[str]) -
 
 def evaluate(source: Union[Corpus, str], output: Union[str, Path], models: Sequence[Union[str, Any]],
              n_quantizers: Sequence[Optional[int]] = (None,), measures: Sequence[str] = DEFAULT_MEASURES,
-             device: Optional[str] = None, progress: bool = True, report: bool = True) -> Summary:
+             device: Optional[str] = None, workers: int = 1, devices: Optional[Sequence[str]] = None,
+             progress: bool = True, report: bool = True) -> Summary:
     """Evaluates each model at each bitrate on every input of `source`, into the folder `output` (see the module's
     docstring for what it holds); a rerun of the same call resumes.
 
@@ -177,6 +250,8 @@ def evaluate(source: Union[Corpus, str], output: Union[str, Path], models: Seque
         n_quantizers: Codebooks per bitrate; None for all.
         measures: Names of `metrics.MEASURES`.
         device: Where the models run (default: cuda if available, else cpu).
+        workers: Processes on `device`, the inputs shared between them (on the CPU, its cores split too).
+        devices: One process on each of these devices instead (e.g. ["cuda:0", "cuda:1"]).
 
     Raises:
         ValueError: Bad settings, a model that does not load, a missing measure library, or a folder that holds an
@@ -204,24 +279,34 @@ def evaluate(source: Union[Corpus, str], output: Union[str, Path], models: Seque
     output.mkdir(parents=True, exist_ok=True)
     check_settings(output, settings)
 
-    readers = {rate: InputReader(corpus, rate) for rate in {m.config.sampling_rate for _, m in loaded}}
     per_input = len(loaded) * len(evaluator.bitrates)
     summary = Summary(output=output)
-    with tqdm(total=len(items), unit="file", desc="evaluate", disable=not progress) as bar:
-        seconds = 0.0
-        for index, (id, reference) in enumerate(items):
-            path = part_path(output, index)
-            if path.exists() and done_part(path, id, per_input, evaluator.columns):
-                summary.already_done += 1
-                bar.update()
-                continue
-            rows = evaluator.rows(id, {rate: reader.read(reference) for rate, reader in readers.items()})
-            table = pa.Table.from_pylist(rows, schema=schema(evaluator.columns))
-            write_atomically(path, lambda p, table=table: pq.write_table(table, p))
-            summary.measured += 1
-            seconds += max((r["seconds"] or 0.0) for r in rows)
-            bar.set_postfix(audio=f"{seconds:.1f}s")
-            bar.update()
+    pending = []
+    for index, (id, reference) in enumerate(items):
+        path = part_path(output, index)
+        if path.exists() and done_part(path, id, per_input, evaluator.columns):
+            summary.already_done += 1
+        else:
+            pending.append((index, id, reference))
+    check_int("workers", workers)
+    places = [str(resolve_device(d)[0]) for d in devices] if devices else [str(where)] * workers
+    if len(places) > 1 and any(model is not None for _, model in named):
+        raise ValueError("Several workers load the models by name: give names, not loaded models.")
+    with tqdm(total=len(items), initial=summary.already_done, unit="file", desc="evaluate",
+              disable=not progress) as bar:
+        seconds = [0.0]
+
+        def report(done: int, audio_seconds: float) -> None:
+            seconds[0] += audio_seconds
+            bar.set_postfix(audio=f"{seconds[0]:.1f}s")
+            bar.update(done)
+
+        if len(places) == 1:
+            measure_inputs(evaluator, corpus, pending, output, report)
+        else:
+            run_workers([name for name, _ in loaded], places, list(n_quantizers), [m.name for m in chosen],
+                        corpus, pending, output, report)
+    summary.measured = len(pending)
 
     table = pa.concat_tables([pq.read_table(part_path(output, i)) for i in range(len(items))])
     for id, error in zip(table.column("id").to_pylist(), table.column("error").to_pylist()):

@@ -215,3 +215,18 @@ def test_the_report_page_loads_in_a_real_browser(run):
     for id, duration in players:
         assert duration == pytest.approx(seconds[id], abs=1e-3), id  # a WAV's length, to the millisecond
     assert not errors, errors
+
+
+def test_workers_give_the_rows_of_one_process(run, tmp_path):
+    """Two CPU worker processes sharing the inputs: the same rows as the single-process run, the codes' counts
+    exactly, the scores to float rounding (the processes run torch on other thread counts)."""
+    root, args, _ = run
+    assert main([*args[:-1], str(tmp_path / "out"), "--workers", "2", "--no-report"]) == 1
+    ours, single = (pq.read_table(folder / "metrics.parquet").to_pylist() for folder in (tmp_path / "out",
+                                                                                          root / "out"))
+    assert [(r["id"], r["model"], r["bitrate"], r["code_counts"], r["error"]) for r in ours] == \
+        [(r["id"], r["model"], r["bitrate"], r["code_counts"], r["error"]) for r in single]
+    for a, b in zip(ours, single):
+        for column, value in b.items():
+            if isinstance(value, float):
+                assert a[column] == pytest.approx(value, rel=1e-5, abs=1e-7, nan_ok=True), column

@@ -278,6 +278,9 @@ def _add_evaluate_command(commands) -> None:
     evaluate.add_argument("--measures", default=None,
                           help="comma-separated, of original, visqol, stoi, f0, pesq (default: all but pesq)")
     evaluate.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    evaluate.add_argument("--workers", type=int, default=1,
+                          help="processes on --device sharing the inputs (on the CPU, the cores split between them)")
+    evaluate.add_argument("--devices", default=None, help="e.g. cuda:0,cuda:1: one process each, instead of --device")
     evaluate.add_argument("--no-report", action="store_true", help="the table and summary only")
     evaluate.add_argument("--audio-column", default="audio", help="datasets: the audio column")
     evaluate.add_argument("--id-column", default=None, help="datasets: the column of ids (default: row index)")
@@ -291,7 +294,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     measures = [m.strip() for m in args.measures.split(",")] if args.measures else list(DEFAULT_MEASURES)
     bitrates = parse_bitrates(args.n_quantizers)
     source = Corpus.open(args.input, args.audio_column, args.id_column, args.split)
-    summary = evaluate(source, args.output, args.model, bitrates, measures, args.device, report=not args.no_report)
+    devices = args.devices.split(",") if args.devices else None
+    summary = evaluate(source, args.output, args.model, bitrates, measures, args.device, args.workers, devices,
+                       report=not args.no_report)
     for id, why in summary.failed:
         print(f"failed: {id}: {why}", file=sys.stderr)
     where = Path(args.output) / ("metrics.csv" if args.no_report else "report.html")

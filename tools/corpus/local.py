@@ -8,7 +8,8 @@ import itertools
 import multiprocessing
 import queue
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
@@ -32,6 +33,19 @@ def _read_in_process(reference: Union[str, int]) -> Input:
 
 def _alive() -> bool:
     return True
+
+
+def _wait(pool: ProcessPoolExecutor, future: Future):
+    """`future.result()`, or BrokenProcessPool once a reader of its pool has died. The pool mostly notices on its
+    own, but a reader killed while the pool hands it work can leave a future waiting forever (CPython 3.11)."""
+    while True:
+        try:
+            return future.result(timeout=1.0)
+        except FutureTimeout:
+            manager = pool._executor_manager_thread
+            dead = [p for p in (pool._processes or {}).values() if p.exitcode is not None]
+            if pool._broken or dead or (manager is not None and not manager.is_alive()):
+                raise BrokenProcessPool("a reader process died") from None
 
 
 class Readers:
@@ -78,15 +92,17 @@ class Readers:
         if future is None:
             return self.reader.read(reference)
         try:
-            return future.result()
+            return _wait(pool, future)
         except BrokenProcessPool:  # a reader died, on this input or on one read beside it: retry this one alone
             self._replace(pool)
         try:
-            return self.pool.submit(_read_in_process, reference).result()
+            pool = self.pool
+            return _wait(pool, pool.submit(_read_in_process, reference))
         except BrokenProcessPool:
-            self._replace(self.pool)
+            self._replace(pool)
         try:  # this input's fault, or can no reader process run here at all?
-            self.pool.submit(_alive).result()
+            pool = self.pool
+            _wait(pool, pool.submit(_alive))
         except BrokenProcessPool:
             raise RuntimeError("Reader processes cannot run here (a script that calls `tokenize` must do so under "
                                "`if __name__ == '__main__':`, as spawned processes import it); readers=0 reads "

@@ -17,7 +17,6 @@ import json
 import math
 import multiprocessing
 import os
-import queue
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -32,7 +31,7 @@ from ..tools.command import first_line
 from ..tools.corpus.sources import Corpus, InputReader
 from ..tools.files import check_output_folder, write_atomically
 from ..tools.loading import load_model, model_identity, resolve_device
-from ..tools.processes import spawning, start_child, stop
+from ..tools.processes import run_workers, start_child
 from .metrics import DEFAULT_MEASURES, check_measures
 from .report import write_report
 from .roundtrip import roundtrip
@@ -149,7 +148,7 @@ def _worker(names: list[str], device: str, threads: int, bitrates: list, measure
     reports.put(("done", device, None))
 
 
-def run_workers(names: list[str], devices: list[str], bitrates: list, measures: list[str], corpus: Corpus,
+def run_evaluators(names: list[str], devices: list[str], bitrates: list, measures: list[str], corpus: Corpus,
                 pending: Sequence[tuple[int, str, Any]], output: Path, report: Callable[[int, float], None]) -> None:
     """A spawned process per device (several for CPU workers, the cores split between them) taking inputs from a
     shared queue; all are stopped if one fails or this process is interrupted. What they finished is kept."""
@@ -164,29 +163,7 @@ def run_workers(names: list[str], devices: list[str], bitrates: list, measures: 
     processes = [context.Process(target=_worker, name=f"dac-codec evaluate {device}",
                                  args=(names, device, threads, bitrates, measures, corpus, str(output), jobs,
                                        reports)) for device in devices]
-    with spawning():
-        for process in processes:
-            process.start()
-    try:
-        running = len(processes)
-        while running:
-            try:
-                kind, *payload = reports.get(timeout=1.0)
-            except queue.Empty:
-                dead = [p for p in processes if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"{dead[0].name} exited with code {dead[0].exitcode}; what was finished is "
-                                       "kept: rerun the same command to resume.") from None
-                continue
-            if kind == "progress":
-                report(*payload)
-            elif kind == "failed":
-                raise RuntimeError(f"the evaluation on {payload[0]} failed: {payload[1]}; what was finished is kept: "
-                                   "rerun the same command to resume.")
-            else:
-                running -= 1
-    finally:
-        stop(processes)
+    run_workers(processes, reports, report, "evaluation")
 
 
 def settings_of(models: Sequence[tuple[str, Any]], bitrates: Sequence[Optional[int]], measures: list,
@@ -304,7 +281,7 @@ def evaluate(source: Union[Corpus, str], output: Union[str, Path], models: Seque
         if len(places) == 1:
             measure_inputs(evaluator, corpus, pending, output, report)
         else:
-            run_workers([name for name, _ in loaded], places, list(n_quantizers), [m.name for m in chosen],
+            run_evaluators([name for name, _ in loaded], places, list(n_quantizers), [m.name for m in chosen],
                         corpus, pending, output, report)
     summary.measured = len(pending)
 

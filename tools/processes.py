@@ -13,10 +13,11 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 _PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 
@@ -68,3 +69,44 @@ def stop(processes: Iterable[multiprocessing.Process], timeout: float = 10.0) ->
         if process.is_alive():
             process.kill()
             process.join()
+
+
+def run_workers(processes: list[multiprocessing.Process], reports, progress: Callable[..., None], what: str) -> None:
+    """Starts worker processes and relays their reports until each is done: ("progress", *values) goes to
+    `progress`; ("failed", where, why) from a worker, or a worker that exits with an error, is a RuntimeError that
+    names it. Every worker is stopped on the way out (the others when one fails, all when this one is interrupted).
+
+    Args:
+        processes: Unstarted processes whose target calls `start_child` first and ends with a ("done", where, None)
+            or ("failed", where, why) report.
+        reports: The queue they report to.
+        what: Their role in the messages ("encoder", "evaluation").
+    """
+    with spawning():
+        for process in processes:
+            process.start()
+    finished = False
+    try:
+        running = len(processes)
+        while running:
+            try:
+                kind, *payload = reports.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in processes if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"{dead[0].name} exited with code {dead[0].exitcode}; what was finished is "
+                                       "kept: rerun the same command to resume.") from None
+                continue
+            if kind == "progress":
+                progress(*payload)
+            elif kind == "failed":
+                raise RuntimeError(f"the {what} on {payload[0]} failed: {payload[1]}; what was finished is kept: "
+                                   "rerun the same command to resume.")
+            else:
+                running -= 1
+        finished = True
+    finally:
+        if finished:
+            for process in processes:
+                process.join(timeout=10)
+        stop(processes)

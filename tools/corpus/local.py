@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import queue
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 from ..loading import load_model, resolve_device
-from ..processes import spawning, start_child, stop
+from ..processes import run_workers, spawning, start_child, stop
 from .shards import Row, Shard, rows_table, write_shard
 from .sources import Corpus, Input, InputReader, file_stamp
 from .tokenizer import Report, Tokenizer
@@ -180,31 +179,4 @@ def run_encoder_processes(model_name: str, devices: list[str], dtype: str, threa
     processes = [context.Process(target=_encoder_process, name=f"dac-codec encoder {device}",
                                  args=(model_name, device, dtype, threads, corpus, str(output), n_quantizers,
                                        readers, jobs, reports)) for device in devices]
-    with spawning():
-        for process in processes:
-            process.start()
-    finished = False
-    try:
-        running = len(processes)
-        while running:
-            try:
-                kind, *payload = reports.get(timeout=1.0)
-            except queue.Empty:
-                dead = [p for p in processes if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"{dead[0].name} exited with code {dead[0].exitcode}; the finished shards "
-                                       "are kept: rerun the same command to resume.") from None
-                continue
-            if kind == "progress":
-                report(*payload)
-            elif kind == "failed":
-                raise RuntimeError(f"the encoder on {payload[0]} failed: {payload[1]}; the finished shards are "
-                                   "kept: rerun the same command to resume.")
-            else:
-                running -= 1
-        finished = True
-    finally:
-        if finished:
-            for process in processes:
-                process.join(timeout=10)
-        stop(processes)
+    run_workers(processes, reports, report, "encoder")

@@ -475,6 +475,13 @@ class DacModel(PreTrainedModel):
                            commitment_loss=q.commitment_loss, codebook_loss=q.codebook_loss, loss=loss)
         return output if return_dict is not False else output.to_tuple()
 
+    def graphs(self) -> tuple[nn.Module, nn.Module]:
+        """(encoder, decoder) as two plain modules of whole-signal tensor maths, for tracing and export (ONNX):
+        `encoder(input_values)` maps (batch, 1, samples) model-rate audio to codes (batch, n_codebooks, frames) as
+        `encode(audio, chunk_size_in_sec=0)` does; `decoder(audio_codes)` maps codes to (batch, 1, frames * hop)
+        audio as `decode(s=codes, chunk_size=0)` does. They share this model's weights."""
+        return CodesEncoder(self), CodesDecoder(self)
+
     # ----------------------------------------------------------------------------------------------------------
     # Argument checks
     def check_n_quantizers(self, n_quantizers: Optional[int]) -> int:
@@ -561,3 +568,27 @@ class DacModel(PreTrainedModel):
 
 
 __all__ = ["DacConfig", "DacModel", "DacEncoderOutput", "DacOutput", "load_audio"]
+
+
+class CodesEncoder(nn.Module):
+    """Whole-signal encoding as one traceable graph: audio (batch, 1, samples) -> codes (batch, n_codebooks,
+    frames), the input zero-padded on the right to whole frames as `encode` pads it."""
+
+    def __init__(self, model: DacModel):
+        super().__init__()
+        self.encoder, self.quantizer, self.hop_length = model.encoder, model.quantizer, model.hop_length
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        pad = (self.hop_length - input_values.shape[-1] % self.hop_length) % self.hop_length
+        return self.quantizer(self.encoder(nn.functional.pad(input_values, (0, pad)))).codes
+
+
+class CodesDecoder(nn.Module):
+    """Whole-signal decoding as one traceable graph: codes (batch, n, frames) -> audio (batch, 1, frames * hop)."""
+
+    def __init__(self, model: DacModel):
+        super().__init__()
+        self.decoder, self.quantizer = model.decoder, model.quantizer
+
+    def forward(self, audio_codes: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.quantizer.from_codes(audio_codes))

@@ -16,11 +16,11 @@ MODEL = ("configuration_dac.py", "streaming.py", "dac_layers.py", "chunking.py",
 PROJECT_FILES = {"README.md", "config.json", "requirements.txt", "pyproject.toml", "constraints.txt", "pytest.ini",
                  "requirements-cli.txt", "requirements-datasets.txt", "requirements-ray.txt", "requirements-test.txt",
                  "requirements-reference.txt", "requirements-evaluate.txt", "requirements-pesq.txt",
-                 "requirements-train.txt", ".gitignore",
+                 "requirements-train.txt", "requirements-onnx.txt", ".gitignore",
                  "__init__.py", *MODEL}
-FOLDERS = {"tools", "training", "evaluation", "tests", "scripts", "benchmarks", "samples", ".fig", ".ci"}
+FOLDERS = {"tools", "training", "evaluation", "export", "tests", "scripts", "benchmarks", "samples", ".fig", ".ci"}
 BUILT = {".venv", "build", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache", "__pycache__", "out"}  # made here
-SUBPACKAGES = ("tools", "training", "evaluation")  # what the package adds to the model
+SUBPACKAGES = ("tools", "training", "evaluation", "export")  # what the package adds to the model
 OUTSIDE = (*SUBPACKAGES, "scripts")  # what must stand on the model's public API
 INTERNALS = {"encoder", "decoder", "quantizer", "geometry"}  # the model's parts: attributes tools must not touch
 

@@ -7,6 +7,7 @@
     dac-codec tokenize INPUT --output DIR [...]          dac-codec detokenize DIR --output AUDIO_DIR [...]
     dac-codec finetune --model NAME --data DIR --output RUN [...]
     dac-codec evaluate INPUT --model NAME [--model NAME2 ...] [--n-quantizers 1,2,4,all] --output DIR
+    dac-codec export --model NAME --output DIR
 
 An INPUT is a file or a folder, walked recursively; each file becomes DIR/<its path relative to the folder, or its
 name> with the suffix `.dac` (encode) or `.wav` (decode). Two inputs that would write one output (a.wav and a.flac,
@@ -87,6 +88,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     _add_corpus_commands(commands)
     _add_finetune_command(commands)
     _add_evaluate_command(commands)
+    export = commands.add_parser("export", help="the encoder and decoder as ONNX graphs, for ONNX Runtime",
+                                 description="Writes DIR/onnx/encoder_model.onnx and decoder_model.onnx (dynamic "
+                                             "batch and length) and DIR/config.json.")
+    export.add_argument("--model", default=DEFAULT_MODEL, help=f"folder, Hub id or .pth (default {DEFAULT_MODEL})")
+    export.add_argument("--output", required=True, metavar="DIR")
     args = parser.parse_args(argv)
     if args.command in ("tokenize", "detokenize"):
         return run_command(lambda: _corpus_command(args, argv))
@@ -94,6 +100,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return run_command(lambda: _finetune_command(args))
     if args.command == "evaluate":
         return run_command(lambda: _evaluate_command(args))
+    if args.command == "export":
+        return run_command(lambda: _export_command(args))
     if args.command == "info":
         return run_command(lambda: print(info(args.file)) or 0)
     return run_command(lambda: _files_command(args))
@@ -303,6 +311,16 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     print(f"evaluate: {summary.measured} inputs measured, {summary.already_done} already done, "
           f"{len(summary.failed)} failed; see {where}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from ..export.onnx import check_installed, export_onnx
+    from .loading import load_model
+
+    check_installed()  # before the model loads
+    folder = export_onnx(load_model(args.model), args.output)
+    print(f"wrote {folder}: encoder_model.onnx, decoder_model.onnx", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from .chunking import (
     encode_packed,
     encode_streamed,
     encode_windows,
+    plan_overlap_chunks,
     stack_padded,
     stream_decode,
 )
@@ -474,6 +475,13 @@ class DacModel(PreTrainedModel):
         output = DacOutput(audio=self.decoder(q.z_q)[..., :length], codes=q.codes, z_q=q.z_q, latents=q.latents,
                            commitment_loss=q.commitment_loss, codebook_loss=q.codebook_loss, loss=loss)
         return output if return_dict is not False else output.to_tuple()
+
+    def overlap_chunks(self, n_frames: int, chunk_size: Optional[int] = None) -> list[tuple[int, int]]:
+        """Frame ranges [start, stop) that `decode(..., mode="overlap_average")` decodes for `n_frames` frames in
+        chunks of `chunk_size` frames (`config.decoding_chunk_size` by default), neighbours overlapping by
+        `config.decoding_overlap_rate`."""
+        return list(plan_overlap_chunks(n_frames, self._chunk_frames("chunk_size", chunk_size),
+                                        self.config.decoding_overlap_rate))
 
     def graphs(self) -> tuple[nn.Module, nn.Module]:
         """(encoder, decoder) as two plain modules of whole-signal tensor maths, for tracing and export (ONNX):

@@ -9,16 +9,17 @@ output have a realistic scale rather than the near-silence of a fresh initialisa
 chirp, a chord and noise) is encoded by the model, and its codes are decoded four ways:
 
 - whole: `model.decode(s=codes, chunk_size=0)`, the reference for the other three;
-- naive chunking: chunks of N frames decoded with no context (`model.decoder(z_q[..., a:b])`) and concatenated;
+- naive chunking: chunks of N frames decoded with no context (`model.decode(s=codes[..., a:b], chunk_size=0)`)
+  and concatenated;
 - overlap averaging: `model.decode(s=codes, chunk_size=N, mode="overlap_average")`, the earlier model card's
   method (chunks overlapping by `config.decoding_overlap_rate`, averaged over the overlap);
 - exact chunking: `model.decode(s=codes, chunk_size=N)`, the default.
 
 N = 43 frames (0.5 s). The figure plots |chunked - whole| along time on a log scale (exact zeros drawn at 1e-10),
 marks the chunk boundaries and gives each method's maximum error in the legend. The ~1e-6 floor of the first two
-away from the seams is float rounding: `model.decoder` runs the transposed convolutions as they are, `decode` in
-polyphase form. Regenerate the figure whenever decoding changes; scripts/build_hub_repos.py copies `.fig/*.png`
-into every Hub repo, whose card shows it.
+away from the seams is float rounding: a whole-signal pass runs the transposed convolutions as they are, a
+chunked `decode` in polyphase form. Regenerate the figure whenever decoding changes; scripts/build_hub_repos.py
+copies `.fig/*.png` into every Hub repo, whose card shows it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from dac_codec import DacConfig  # noqa: E402
-from dac_codec.chunking import plan_overlap_chunks  # noqa: E402  (what the figure draws: the model's own plans)
 from dac_codec.tools.random_weights import random_model, sample_audio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +55,7 @@ def main() -> None:
     n_frames = codes.shape[-1]
 
     whole = model.decode(s=codes, chunk_size=0)
-    with torch.inference_mode():
-        z_q = model.quantizer.from_codes(codes)
-        naive = torch.cat([model.decoder(piece) for piece in z_q.split(CHUNK_FRAMES, dim=-1)], dim=-1)
+    naive = torch.cat([model.decode(s=piece, chunk_size=0) for piece in codes.split(CHUNK_FRAMES, dim=-1)], dim=-1)
     methods = {
         "naive chunks (no context)": naive,
         f"overlap averaging ({model.config.decoding_overlap_rate:.0%} overlap, earlier card)":
@@ -71,7 +69,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(11, 4.6), dpi=120)
     for boundary in range(CHUNK_FRAMES, n_frames, CHUNK_FRAMES):
         ax.axvline(boundary * hop / rate, color="0.6", lw=0.8, ls="--", zorder=0)
-    overlap_chunks = list(plan_overlap_chunks(n_frames, CHUNK_FRAMES, model.config.decoding_overlap_rate))
+    overlap_chunks = model.overlap_chunks(n_frames, CHUNK_FRAMES)  # what the figure draws: the model's own plan
     for (_, end), (begin, _) in itertools.pairwise(overlap_chunks):
         ax.axvspan(begin * hop / rate, end * hop / rate, color="tab:orange", alpha=0.12, lw=0, zorder=0)
     print(f"{PRESET}, random weights: {n_frames} frames, chunks of {CHUNK_FRAMES} frames; "

@@ -94,6 +94,9 @@ def test_tools_stand_on_the_models_public_api():
     for path in ROOT.glob("scripts/*.py"):
         text = path.read_text()
         assert "sys.path" not in text and "sys.modules" not in text, path
+    for path in [*ROOT.glob("benchmarks/*.py"), *ROOT.glob(".fig/*.py")]:  # users of the model like any other
+        text = path.read_text()
+        assert "dac_codec.chunking" not in text and "dac_codec.streaming" not in text, path
 
 
 def test_no_modules_import_each_other_in_a_circle():

@@ -21,7 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .streaming import Chain, ConvStream, ConvTransposeStream, Map, Pipeline, Residual, Scratch
+from .streaming import (
+    Chain,
+    ChainStep,
+    ConvStep,
+    ConvStream,
+    ConvTransposeStep,
+    ConvTransposeStream,
+    Map,
+    Pipeline,
+    Residual,
+    ResidualStep,
+    Scratch,
+)
 
 KERNEL_SIZE = 7  # every non-strided convolution of the encoder and decoder, except the encoder's last (3)
 DILATIONS = (1, 3, 9)  # the three residual units of every block
@@ -77,6 +89,9 @@ class ResidualUnit(nn.Module):
         return Residual(Chain(ConvStream.of(self.conv1, scratch, self.snake1.time_major),
                               ConvStream.of(self.conv2, scratch, self.snake2.time_major)))
 
+    def steps(self) -> ResidualStep:
+        return ResidualStep(ConvStep(self.conv1, self.snake1), ConvStep(self.conv2, self.snake2))
+
 
 class EncoderBlock(nn.Module):
     """Three residual units at dim // 2 channels, then a strided conv: (B, dim // 2, T) -> (B, dim, T // stride)."""
@@ -96,6 +111,10 @@ class EncoderBlock(nn.Module):
     def stream(self, scratch: Scratch) -> Chain:
         units = (unit.stream(scratch) for unit in (self.res_unit1, self.res_unit2, self.res_unit3))
         return Chain(*units, ConvStream.of(self.conv1, scratch, self.snake1.time_major))
+
+    def steps(self) -> ChainStep:
+        units = (unit.steps() for unit in (self.res_unit1, self.res_unit2, self.res_unit3))
+        return ChainStep(*units, ConvStep(self.conv1, self.snake1))
 
 
 class Encoder(nn.Module):
@@ -124,6 +143,12 @@ class Encoder(nn.Module):
             (ConvStream.of(self.conv2, scratch, self.snake1.time_major), 1),
         ])
 
+    def steps(self) -> ChainStep:
+        """`forward` as a fixed-block stream (streaming.py): audio (batch, 1, rows) -> latent (batch, latent_dim,
+        rows / hop_length) a step."""
+        return ChainStep(ConvStep(self.conv1), *(block.steps() for block in self.block),
+                         ConvStep(self.conv2, self.snake1))
+
 
 class DecoderBlock(nn.Module):
     """Snake, transposed conv, three residual units: (B, in_dim, T) -> (B, out_dim, T * stride).
@@ -148,6 +173,10 @@ class DecoderBlock(nn.Module):
     def stream(self, scratch: Scratch) -> Chain:
         units = (unit.stream(scratch) for unit in (self.res_unit1, self.res_unit2, self.res_unit3))
         return Chain(ConvTransposeStream(self.conv_t1, scratch, self.snake1.time_major), *units)
+
+    def steps(self) -> ChainStep:
+        units = (unit.steps() for unit in (self.res_unit1, self.res_unit2, self.res_unit3))
+        return ChainStep(ConvTransposeStep(self.conv_t1, self.snake1), *units)
 
 
 class Decoder(nn.Module):
@@ -180,6 +209,12 @@ class Decoder(nn.Module):
             *((block.stream(scratch), block.conv_t1.stride[0] / 2) for block in self.block),  # T * stride, C / 2
             (Chain(ConvStream.of(self.conv2, scratch, self.snake1.time_major), Map(torch.tanh_)), 1),
         ])
+
+    def steps(self) -> ChainStep:
+        """`forward` before its tanh as a fixed-block stream (streaming.py): latent (batch, latent_dim, rows) ->
+        (batch, 1, rows * hop_length) a step."""
+        return ChainStep(ConvStep(self.conv1), *(block.steps() for block in self.block),
+                         ConvStep(self.conv2, self.snake1))
 
 
 class VectorQuantize(nn.Module):

@@ -61,8 +61,9 @@ from .chunking import (
     stack_padded,
     stream_decode,
 )
-from .configuration_dac import DECODING_MODES, DacConfig, check_chunk_size
+from .configuration_dac import DECODING_MODES, DacConfig, check_chunk_size, check_int
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
+from .streaming import ChainStep, Clock, Signal
 
 
 class _UnpacksAsTuple:
@@ -490,6 +491,13 @@ class DacModel(PreTrainedModel):
         audio as `decode(s=codes, chunk_size=0)` does. They share this model's weights."""
         return CodesEncoder(self), CodesDecoder(self)
 
+    def step_graphs(self, block_frames: int = 4) -> tuple["StepGraph", "StepGraph"]:
+        """(encoder, decoder) as fixed-block streams with explicit state, for export (ONNX): each call takes
+        `block_frames` frames of input (`block_frames * hop_length` samples for the encoder), the stream state and
+        position, and returns that block's outputs and the next state and position. See `StepGraph`."""
+        block_frames = check_int("block_frames", block_frames)
+        return EncoderStepGraph(self, block_frames), DecoderStepGraph(self, block_frames)
+
     # ----------------------------------------------------------------------------------------------------------
     # Argument checks
     def check_n_quantizers(self, n_quantizers: Optional[int]) -> int:
@@ -600,3 +608,80 @@ class CodesDecoder(nn.Module):
 
     def forward(self, audio_codes: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.quantizer.from_codes(audio_codes))
+
+
+class StepGraph(nn.Module):
+    """One step of a fixed-block stream (streaming.py) as one traceable graph:
+
+        forward(block (batch, C_in, block), input_length (1,) int64, state (batch, state_size), position (2,) int64)
+            -> (outputs (batch, C_out, output_block), state, position)
+
+    Start with zero `state` and position (0, -1). Every call takes `block` input rows; `input_length` says how many
+    of them belong to the signal: `block` for all but the last, which passes fewer (0 if the signal ended with the
+    previous block) and marks the end; calls after it pass 0 and flush. Output row i of call k lies at position
+    k * output_block - delay + i: the stream's first `delay` rows and those past the whole signal's output length
+    (`output_length`) are not part of the output. Concatenated, the rest is the whole-signal output.
+    """
+
+    big = 2**40  # the input length while the end is unknown: past any position
+
+    def __init__(self, layers: ChainStep, block: int):
+        super().__init__()
+        self.layers, self.block = layers, block
+        self.slots: list[tuple[int, int]] = []  # (channels, rows) of each layer's state
+        out = layers.plan(Signal(block, 0, lambda n: n), self.slots)
+        self.output_block, self.delay = out.rows, out.delay
+        self.state_size = sum(channels * rows for channels, rows in self.slots)
+
+    def output_length(self, input_length: int) -> int:
+        raise NotImplementedError
+
+    def start(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(state, position) before the first call."""
+        return torch.zeros(batch, self.state_size), torch.tensor([0, -1])
+
+    def advance(self, input_length: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(step, end, valid input rows (block,), next position) of a call: the end is fixed by the first call
+        whose input_length falls short of the block."""
+        step, end, given = position[0], position[1], input_length[0]
+        end = torch.where((end < 0) & (given < self.block), step * self.block + given, end)
+        rows = step * self.block + torch.arange(self.block)
+        return step, end, (end < 0) | (rows < end), torch.stack([step + 1, end])
+
+
+class EncoderStepGraph(StepGraph):
+    """`encode`'s step: input_values (batch, 1, block_frames * hop) -> audio_codes (batch, n_codebooks,
+    block_frames); the signal is zero-padded to whole frames as `encode` pads it."""
+
+    def __init__(self, model: DacModel, block_frames: int):
+        self.hop_length = model.hop_length
+        super().__init__(model.encoder.steps(), block_frames * model.hop_length)
+        self.quantizer, self.output_channels = model.quantizer, model.config.n_codebooks
+
+    def output_length(self, input_length: int) -> int:
+        return -(-input_length // self.hop_length)
+
+    def forward(self, input_values, input_length, state, position):
+        step, end, valid, position = self.advance(input_length, position)
+        padded = torch.where(end < 0, self.big, (end + self.hop_length - 1) // self.hop_length * self.hop_length)
+        x = torch.where(valid, input_values, input_values.new_zeros(()))
+        clock = Clock(step, padded, state, self.slots)
+        return self.quantizer(self.layers(x, clock)).codes, clock.next_state(), position
+
+
+class DecoderStepGraph(StepGraph):
+    """`decode`'s step: audio_codes (batch, n_codebooks, block_frames) int64 -> audio_values (batch, 1,
+    block_frames * hop)."""
+
+    def __init__(self, model: DacModel, block_frames: int):
+        super().__init__(model.decoder.steps(), block_frames)
+        self.quantizer, self.num_samples, self.output_channels = model.quantizer, model.num_samples, 1
+
+    def output_length(self, input_length: int) -> int:
+        return self.num_samples(input_length)
+
+    def forward(self, audio_codes, input_length, state, position):
+        step, end, valid, position = self.advance(input_length, position)
+        codes = torch.where(valid, audio_codes, audio_codes.new_zeros(()))  # flushes may pass anything
+        clock = Clock(step, torch.where(end < 0, self.big, end), state, self.slots)
+        return torch.tanh(self.layers(self.quantizer.from_codes(codes), clock)), clock.next_state(), position

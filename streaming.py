@@ -27,7 +27,7 @@ the convolutions run in oneDNN's native channels-last layout without reorders (`
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Callable, Iterator, NamedTuple, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,21 @@ class ConvStream:
                                self.dilation)
 
 
+def polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (weight (s * C_out, C_in, 2), bias (s * C_out,)) of the kernel-2 convolution (padding 1) whose output
+    m holds, phase-major, the uncropped outputs m * s + r (r < s) of `conv`, a transposed conv of kernel 2s."""
+    weight, s = conv.weight, conv.stride[0]
+    c_in, c_out, kernel = weight.shape
+    assert kernel == 2 * s and conv.dilation[0] == 1 and conv.output_padding[0] == 0, "not a DAC upsampler"
+    # (C_in, C_out, [q, r]) -> (s * C_out, C_in, 2), phase-major, taps ordered x[m - 1], x[m]; copied in
+    # slices of C_in, which keeps the strided reads in cache (1.5x faster than one copy of the whole)
+    source = weight.detach().view(c_in, c_out, 2, s).flip(2).permute(3, 1, 0, 2)
+    phases = weight.new_empty(s, c_out, c_in, 2)
+    for start in range(0, c_in, 64):
+        phases[:, :, start : start + 64].copy_(source[:, :, start : start + 64])
+    return phases.view(s * c_out, c_in, 2), conv.bias.detach().repeat(s)
+
+
 class ConvTransposeStream:
     """A transposed convolution of kernel 2 * stride, run as `stride` phases of one kernel-2 convolution
     (polyphase), which streams like any conv and runs 1.5-2x faster on CPU. Its state: the phases' input tail and
@@ -148,19 +163,9 @@ class ConvTransposeStream:
     """
 
     def __init__(self, conv: nn.ConvTranspose1d, scratch: Scratch, activation: Optional[Activation] = None):
-        weight, s = conv.weight, conv.stride[0]
-        c_in, c_out, kernel = weight.shape
-        assert kernel == 2 * s and conv.dilation[0] == 1 and conv.output_padding[0] == 0, "not a DAC upsampler"
-        assert conv.padding[0] <= s, "the end's crop must lie within the final step's output"
-        # (C_in, C_out, [q, r]) -> (s * C_out, C_in, 2), phase-major, taps ordered x[m - 1], x[m]; copied in
-        # slices of C_in, which keeps the strided reads in cache (1.5x faster than one copy of the whole)
-        source = weight.detach().view(c_in, c_out, 2, s).flip(2).permute(3, 1, 0, 2)
-        phases = weight.new_empty(s, c_out, c_in, 2)
-        for start in range(0, c_in, 64):
-            phases[:, :, start : start + 64].copy_(source[:, :, start : start + 64])
-        self.phases = ConvStream(phases.view(s * c_out, c_in, 2), conv.bias.repeat(s), scratch, padding=1,
-                                 activation=activation)
-        self.c_out, self.crop = c_out, conv.padding[0]
+        assert conv.padding[0] <= conv.stride[0], "the end's crop must lie within the final step's output"
+        self.phases = ConvStream(*polyphase_weights(conv), scratch, padding=1, activation=activation)
+        self.c_out, self.crop = conv.out_channels, conv.padding[0]
         self.to_drop = self.crop  # samples still to crop at the start
 
     def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
@@ -236,3 +241,163 @@ class Pipeline:
                     yield from self._run(index + 1, y, False)
         if final:
             yield from self._run(index + 1, stream.step(x[:, :0], True), True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fixed-block streams: the same streams as functions of explicit state, for graphs (ONNX) that take a block of a
+# fixed size and the stream state as tensors and return the block's outputs and the next state.
+#
+# Every layer emits the same number of rows on every step, each a fixed `delay` of rows behind its input's
+# positions, and keeps the fixed-size tail of its input that its next outputs read. The first steps' first rows
+# lie before the signal and those after its end are past it: each convolution zeroes the inputs it reads outside
+# its input's valid positions [0, length), which is exactly the zero padding of the whole-signal convolution.
+# Rows outside the signal are thus garbage that no valid row reads; the caller drops the stream's first `delay`
+# output rows and keeps its valid length. Layouts are channels-first, (batch, channels, rows), as ONNX's.
+
+
+class Signal(NamedTuple):
+    """A signal of a fixed-block stream: `rows` per step, row i of step k at position k * rows - delay + i, and
+    `length(n)` valid positions (an int64 tensor) for a stream input of n valid positions."""
+
+    rows: int
+    delay: int
+    length: Callable[[torch.Tensor], torch.Tensor]
+
+
+class Clock:
+    """One step's position and state: `step` (int64 scalar tensor k), `length` (the stream input's valid length,
+    an int64 scalar tensor, larger than any position until the end is known), and the layers' state slots, read
+    from one flat (batch, size) tensor and collected for the next one."""
+
+    def __init__(self, step: torch.Tensor, length: torch.Tensor, state: torch.Tensor, slots: list[tuple[int, int]]):
+        self.step, self.length, self.state, self.slots = step, length, state, slots
+        self.offsets = [0]
+        for channels, rows in slots:
+            self.offsets.append(self.offsets[-1] + channels * rows)
+        self.next: list[Optional[torch.Tensor]] = [None] * len(slots)
+
+    def read(self, slot: int) -> torch.Tensor:
+        """A slot's state (batch, channels, rows)."""
+        channels, rows = self.slots[slot]
+        return self.state[:, self.offsets[slot] : self.offsets[slot + 1]].view(-1, channels, rows)
+
+    def write(self, slot: int, value: torch.Tensor) -> None:
+        self.next[slot] = value.reshape(value.shape[0], -1)
+
+    def next_state(self) -> torch.Tensor:
+        assert all(value is not None for value in self.next), "a layer did not write its state"
+        return torch.cat(self.next, dim=1)
+
+    def valid(self, signal: Signal, before: int = 0) -> torch.Tensor:
+        """Which of this step's rows of `signal`, with `before` rows ahead of them, lie in [0, length): (rows,)."""
+        start = self.step * signal.rows - signal.delay - before
+        positions = start + torch.arange(before + signal.rows, device=self.step.device)
+        return (positions >= 0) & (positions < signal.length(self.length))
+
+
+class StepLayer(nn.Module):
+    """A layer of a fixed-block stream. `plan` fixes its rows, delay and state for its input signal (once, before
+    any step) and returns its output signal; `forward(x, clock)` maps one step's input rows to its output rows."""
+
+    def plan(self, signal: Signal, slots: list[tuple[int, int]]) -> Signal:
+        raise NotImplementedError
+
+
+class ConvStep(StepLayer):
+    """`conv(activation(x))` with the conv's zero padding, over a fixed-block stream. State: the (masked) input tail
+    that the next outputs read."""
+
+    def __init__(self, conv: nn.Conv1d, activation: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv, self.activation = conv, activation
+        self.stride, self.dilation, self.padding = conv.stride[0], conv.dilation[0], conv.padding[0]
+        self.reach = self.dilation * (conv.kernel_size[0] - 1)
+
+    def plan(self, signal: Signal, slots: list[tuple[int, int]]) -> Signal:
+        s, p, reach = self.stride, self.padding, self.reach
+        if signal.rows % s:
+            raise ValueError(f"a block of {signal.rows} rows does not divide into steps of stride {s}")
+        # the last output of a step must read no input past the step's last: delay * s >= input delay + reach - p
+        # + 1 - s; the tail then holds the inputs from the next step's first output's window on
+        delay = max(0, -(-(signal.delay + reach - p + 1 - s) // s))
+        self.input, self.rows = signal, signal.rows // s
+        self.tail = delay * s + p - signal.delay
+        self.pointwise = reach == 0 and p == 0 and s == 1
+        if not self.pointwise:
+            self.slot = len(slots)
+            slots.append((self.conv.in_channels, self.tail))
+        length = signal.length
+        return Signal(self.rows, delay, lambda n: (length(n) + 2 * p - reach - 1) // s + 1)
+
+    def forward(self, x: torch.Tensor, clock: Clock) -> torch.Tensor:
+        if self.activation is not None:
+            x = self.activation(x)
+        if self.pointwise:  # reads its own row alone: rows outside the signal stay outside
+            return F.conv1d(x, self.conv.weight, self.conv.bias)
+        window = torch.cat([clock.read(self.slot), x], dim=2)
+        window = torch.where(clock.valid(self.input, self.tail), window, window.new_zeros(()))
+        clock.write(self.slot, window[:, :, window.shape[2] - self.tail :])
+        used = (self.rows - 1) * self.stride + self.reach + 1
+        return F.conv1d(window[:, :, :used], self.conv.weight, self.conv.bias, self.stride, 0, self.dilation)
+
+
+class ConvTransposeStep(StepLayer):
+    """A DAC upsampler (transposed conv of kernel 2s) of `activation(x)` over a fixed-block stream, run as its
+    polyphase kernel-2 convolution (`polyphase_weights`) whose phases interleave into s outputs per input row."""
+
+    def __init__(self, conv: nn.ConvTranspose1d, activation: Optional[nn.Module] = None):
+        super().__init__()
+        weight, bias = polyphase_weights(conv)
+        phases = nn.Conv1d(weight.shape[1], weight.shape[0], 2, padding=1).to(weight)
+        phases.weight.data, phases.bias.data = weight, bias
+        self.phases = ConvStep(phases, activation)
+        self.stride, self.crop, self.out_channels = conv.stride[0], conv.padding[0], conv.out_channels
+
+    def plan(self, signal: Signal, slots: list[tuple[int, int]]) -> Signal:
+        s, crop, length = self.stride, self.crop, signal.length
+        phases = self.phases.plan(signal, slots)
+        return Signal(phases.rows * s, phases.delay * s + crop, lambda n: length(n) * s + s - 2 * crop)
+
+    def forward(self, x: torch.Tensor, clock: Clock) -> torch.Tensor:
+        z = self.phases(x, clock)  # (B, s * C_out, n), channel r * C_out + c holding output m * s + r
+        batch, _, n = z.shape
+        return z.view(batch, self.stride, self.out_channels, n).permute(0, 2, 3, 1).reshape(batch, -1, n * self.stride)
+
+
+class ResidualStep(StepLayer):
+    """x + branch(x) over a fixed-block stream. State: the skip inputs that the branch's delay holds back."""
+
+    def __init__(self, *branch: StepLayer):
+        super().__init__()
+        self.branch = ChainStep(*branch)
+
+    def plan(self, signal: Signal, slots: list[tuple[int, int]]) -> Signal:
+        out = self.branch.plan(signal, slots)
+        assert out.rows == signal.rows, "a residual branch keeps the rate"
+        self.lag, self.slot = out.delay - signal.delay, len(slots)
+        slots.append((self.branch.layers[0].conv.in_channels, self.lag))
+        return Signal(signal.rows, out.delay, signal.length)
+
+    def forward(self, x: torch.Tensor, clock: Clock) -> torch.Tensor:
+        y = self.branch(x, clock)
+        skip = torch.cat([clock.read(self.slot), x], dim=2)
+        clock.write(self.slot, skip[:, :, x.shape[2] :])
+        return y + skip[:, :, : x.shape[2]]
+
+
+class ChainStep(StepLayer):
+    """Fixed-block stream layers one after the other."""
+
+    def __init__(self, *layers: StepLayer):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def plan(self, signal: Signal, slots: list[tuple[int, int]]) -> Signal:
+        for layer in self.layers:
+            signal = layer.plan(signal, slots)
+        return signal
+
+    def forward(self, x: torch.Tensor, clock: Clock) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, clock)
+        return x

@@ -1,12 +1,15 @@
 """ONNX export: the whole-signal encoder and decoder graphs of each geometry run in ONNX Runtime with any batch and
 length, and give our codes and audio."""
 
+import json
+import random
+
 import numpy as np
 import pytest
 import torch
 
 from dac_codec.export import export_onnx
-from dac_codec.export.onnx import run_onnx
+from dac_codec.export.onnx import StepStream, run_onnx
 
 from conftest import GEOMETRIES, tiny_model
 
@@ -37,9 +40,42 @@ def test_onnx_runtime_gives_our_codes_and_audio(exported, batch, seconds):
     assert np.abs(decoded - expected.numpy()).max() <= AUDIO_TOLERANCE * np.abs(expected.numpy()).max()
 
 
-def test_the_folder_holds_the_graphs_and_the_config(exported):
-    import json
+def onnx_step(folder, name):
+    """An exported step graph as the numpy function that `StepStream` calls."""
+    import onnxruntime
 
+    session = onnxruntime.InferenceSession(str(folder / f"{name}_step.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return lambda *arrays: session.run(None, dict(zip(names, arrays)))
+
+
+def test_the_step_graphs_stream_the_whole_signal_codes_and_audio(exported):
+    """encoder_step.onnx and decoder_step.onnx, driven at random splits of signals of random lengths, give the
+    whole-signal codes (identical) and audio (1e-5 of the peak: the same sums as whole-signal decoding, taken in
+    windows of the stream's blocks)."""
+    model, folder = exported
+    spec = json.loads((folder.parent / "config.json").read_text())["streaming"]
+    rng, hop = random.Random(0), model.hop_length
+    for length in (hop * spec["decoder"]["block"] * 2, rng.randrange(1, 30 * hop)):
+        audio = 0.3 * torch.randn(2, 1, length, generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            codes = model.encode(audio, model.sampling_rate, chunk_size_in_sec=0).codes.numpy()
+            expected = model.decode(s=torch.from_numpy(codes), chunk_size=0).numpy()
+        for name, x, maximum in (("encoder", audio.numpy(), 3 * hop), ("decoder", codes, 5)):
+            stream, outputs, start = StepStream(onnx_step(folder, name), spec[name], 2), [], 0
+            while start < x.shape[-1]:
+                n = rng.randrange(maximum + 1)
+                outputs.append(stream.feed(x[..., start : start + n]))
+                start += n
+            streamed = np.concatenate([*outputs, stream.finish()], axis=-1)
+            if name == "encoder":
+                assert np.array_equal(streamed, codes)
+            else:
+                assert streamed.shape == expected.shape
+                assert np.abs(streamed - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_the_folder_holds_the_graphs_and_the_config(exported):
     import onnx
 
     model, folder = exported
@@ -58,6 +94,6 @@ def test_the_export_command_writes_the_folder(tmp_path, capsys):
 
     write_model_folder(tiny_model(), tmp_path / "model")
     assert main(["export", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "out")]) == 0
-    assert sorted(p.name for p in (tmp_path / "out" / "onnx").glob("*.onnx")) == ["decoder_model.onnx",
-                                                                                 "encoder_model.onnx"]
+    assert sorted(p.name for p in (tmp_path / "out" / "onnx").glob("*.onnx")) == [
+        "decoder_model.onnx", "decoder_step.onnx", "encoder_model.onnx", "encoder_step.onnx"]
     assert "wrote" in capsys.readouterr().err

@@ -6,8 +6,10 @@ Tolerance: 1e-5 relative to the output's peak. The streams run the same sums as 
 order (a GEMM over gathered windows, or a channels-last convolution); float32 rounding then differs by a few ulps.
 """
 
+import math
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,3 +123,55 @@ def test_pipeline_tiles_do_not_change_the_result():
         stream = model.decoder.stream()
         stream.budget = budget
         close(torch.cat([*stream.steps(z[:, :17], final=False), *stream.steps(z[:, 17:], final=True)], 1), expected)
+
+
+def torch_step(graph):
+    """A step graph as the numpy function that `StepStream` calls."""
+    def step(*arrays):
+        with torch.no_grad():
+            return [t.numpy() for t in graph(*map(torch.from_numpy, arrays))]
+    return step
+
+
+def step_spec(graph):
+    return {"block": graph.block, "output_block": graph.output_block, "delay": graph.delay,
+            "trim": graph.output_block - graph.output_length(graph.block), "state_size": graph.state_size,
+            "output_channels": graph.output_channels,
+            "input_type": "float32" if graph.output_channels > 1 else "int64"}
+
+
+def stream_steps(graph, x, rng, max_piece):
+    """Feeds (B, C, t) numpy x to a `StepStream` of `graph` in random pieces (empty ones too)."""
+    from dac_codec.export.onnx import StepStream
+
+    stream, outputs, start = StepStream(torch_step(graph), step_spec(graph), x.shape[0]), [], 0
+    while start < x.shape[-1]:
+        n = rng.randrange(max_piece + 1)
+        outputs.append(stream.feed(x[..., start : start + n]))
+        start += n
+    return np.concatenate([*outputs, stream.finish()], axis=-1)
+
+
+@pytest.mark.parametrize("block_frames", [1, 3])
+def test_step_graphs_give_the_whole_signal_codes_and_audio(model, block_frames):
+    """The fixed-block streams with explicit state (what encoder_step.onnx and decoder_step.onnx run), at random
+    signal lengths (shorter than a block, a block's multiple, any) and random splits."""
+    encoder, decoder = model.step_graphs(block_frames)
+    hop, rng = model.hop_length, random.Random(block_frames)
+    for length in (1, hop * block_frames * 3, rng.randrange(hop, 40 * hop)):
+        audio = 0.3 * torch.randn(2, 1, length, generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            codes = model.encode(audio, model.sampling_rate, chunk_size_in_sec=0).codes
+            expected = model.decode(s=codes, chunk_size=0).numpy()
+        assert np.array_equal(stream_steps(encoder, audio.numpy(), rng, 3 * hop), codes.numpy())
+        decoded = stream_steps(decoder, codes.numpy(), rng, 5)
+        assert decoded.shape == expected.shape
+        assert np.abs(decoded - expected).max() <= TOLERANCE * np.abs(expected).max()
+
+
+def test_step_graphs_lag_by_the_lookahead(model):
+    """The step graphs' delay is the streams' lookahead, in whole frames for the encoder's codes."""
+    encoder, decoder = model.step_graphs(2)
+    lookahead = model.stream_latency
+    assert encoder.delay == math.ceil(round(lookahead["encode"] * model.sampling_rate) / model.hop_length)
+    assert math.ceil(decoder.delay / model.hop_length) == round(lookahead["decode"] * model.config.frame_rate)

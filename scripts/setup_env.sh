@@ -18,6 +18,12 @@ if [[ "${1:-}" == "--test" ]]; then
     { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } >/dev/null \
       || echo "setup_env: could not install chromium; the browser test skips"
   fi
+  # The transformers.js client and browser page (export/web) from the npm registry, where Node is; onnxruntime-node's
+  # optional CUDA binaries are a download from elsewhere that the CPU does not need.
+  if command -v npm >/dev/null; then
+    (cd export/web && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+      || echo "setup_env: npm ci in export/web failed; the JavaScript tests fail"
+  fi
 else
   $PIP install -q -c constraints.txt -r requirements.txt -r requirements-cli.txt
 fi

@@ -3,6 +3,9 @@ length, and give our codes and audio."""
 
 import json
 import random
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +100,43 @@ def test_the_export_command_writes_the_folder(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out" / "onnx").glob("*.onnx")) == [
         "decoder_model.onnx", "decoder_step.onnx", "encoder_model.onnx", "encoder_step.onnx"]
     assert "wrote" in capsys.readouterr().err
+
+
+WEB = Path(__file__).resolve().parents[1] / "export" / "web"
+
+
+def node_modules():
+    """The Node client's packages (scripts/setup_env.sh --test installs them where node is)."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the transformers.js client cannot run")
+    assert (WEB / "node_modules" / "@huggingface" / "transformers").is_dir(), \
+        "export/web's npm packages are missing: bash scripts/setup_env.sh --test (or npm ci in export/web)"
+
+
+def test_transformers_js_in_node_gives_our_codes_and_audio(exported, tmp_path):
+    """The real client: export/web/dac.mjs loads the folder with transformers.js' DacModel (onnxruntime-node, local
+    files), encodes and decodes a WAV, and streams it through the step graphs with the JavaScript driver."""
+    import soundfile
+
+    node_modules()
+    model, folder = exported
+    rate = model.config.sampling_rate
+    soundfile.write(tmp_path / "in.wav", 0.3 * np.random.default_rng(1).standard_normal(int(0.77 * rate)), rate,
+                    subtype="PCM_16")
+    audio = torch.from_numpy(soundfile.read(tmp_path / "in.wav", dtype="float32")[0])[None, None]
+    with torch.no_grad():
+        codes = model.encode(audio, rate, chunk_size_in_sec=0).codes[0].numpy()
+    subprocess.run(["node", str(WEB / "dac.mjs"), str(folder.parent), str(tmp_path / "in.wav"), str(tmp_path / "out")],
+                   check=True, timeout=300, capture_output=True)
+    result = json.loads((tmp_path / "out.json").read_text())
+    ours = np.array(result["codes"]).reshape(result["dims"])[0]
+    assert ours.shape == codes.shape
+    # near-ties of the nearest-code search may flip between runtimes: 0.1% of codes, one in a short clip
+    assert (ours != codes).sum() <= max(1, 0.001 * codes.size)
+    assert np.array_equal(np.array(result["stream_codes"]), ours)  # the streams are exact in the client's runtime
+    with torch.no_grad():
+        theirs = model.decode(s=torch.from_numpy(ours)[None], chunk_size=0)[0, 0].numpy()
+    for name in ("out.wav", "out.stream.wav"):
+        decoded = soundfile.read(tmp_path / name, dtype="float32")[0]
+        assert decoded.shape == theirs.shape
+        assert np.abs(decoded - theirs).max() <= AUDIO_TOLERANCE * np.abs(theirs).max()

@@ -40,13 +40,14 @@ def offline_env(tmp_path, **extra):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The reference 16khz model, saved under its release name, and the folder the script builds from it."""
+    """The reference 16khz model, saved under its release name, and the folder the script builds from it, with the
+    ONNX graphs (--onnx)."""
     tmp = tmp_path_factory.mktemp("hub")
     (tmp / "weights").mkdir()
     reference = reference_model("16khz")
     reference.save(str(tmp / "weights" / build_hub_repos.RELEASE_FILES["16khz"]), package=False)
     result = run_script("--checkpoint-dir", tmp / "weights", "--variants", "16khz", "--output-dir", tmp / "out",
-                        "--repo-prefix", PREFIX, env=offline_env(tmp))
+                        "--repo-prefix", PREFIX, "--onnx", env=offline_env(tmp))
     assert result.returncode == 0, result.stderr
     return reference, tmp / "out" / "16khz"
 
@@ -58,7 +59,7 @@ def test_folder_holds_exactly_the_repo_files(built):
     figures = sorted(f".fig/{p.name}" for p in (build_hub_repos.ROOT / ".fig").glob("*.png"))
     assert ".fig/chunking_error.png" in figures
     assert files == sorted(["config.json", "model.safetensors", "README.md", "requirements.txt",
-                            *MODEL_FILES, *figures])
+                            *MODEL_FILES, *figures, *build_hub_repos.ONNX_FILES])
     for name in (*MODEL_FILES, "requirements.txt"):
         assert (folder / name).read_bytes() == (build_hub_repos.ROOT / name).read_bytes()
     assert '"auto_map"' in (folder / "config.json").read_text()
@@ -66,7 +67,7 @@ def test_folder_holds_exactly_the_repo_files(built):
 
 def test_copy_loads_offline_in_fresh_process(built, tmp_path):
     reference, folder = built
-    copy = shutil.copytree(folder, tmp_path / "elsewhere" / "model")
+    copy = shutil.copytree(folder, tmp_path / "elsewhere" / "model", ignore=shutil.ignore_patterns("onnx"))
     audio = sample_audio(16000, 0.25)
     torch.save(audio, tmp_path / "audio.pt")
     code = (
@@ -83,6 +84,51 @@ def test_copy_loads_offline_in_fresh_process(built, tmp_path):
         _, expected, *_ = reference.encode(reference.preprocess(audio, 16000))
     assert torch.equal(codes, expected)  # the release's weights, not a fresh initialisation
     assert waveform.shape == (1, 1, expected.shape[-1] * 320 - 8) and waveform.abs().max() > 0
+
+
+def release_codes(built, tmp_path):
+    """(the folder, a 0.5 s WAV, the release's codes of it)."""
+    import soundfile
+
+    reference, folder = built
+    soundfile.write(tmp_path / "in.wav", sample_audio(16000, 0.5)[0, 0].numpy(), 16000, subtype="PCM_16")
+    audio = torch.from_numpy(soundfile.read(tmp_path / "in.wav", dtype="float32")[0])[None, None]
+    with torch.no_grad():
+        _, expected, *_ = reference.encode(reference.preprocess(audio, 16000))
+    return folder, tmp_path / "in.wav", audio, expected.numpy()
+
+
+def test_onnx_graphs_give_the_release_codes(built, tmp_path):
+    """The repo's onnx/ in ONNX Runtime gives the release's codes."""
+    import json
+
+    import onnxruntime
+
+    folder, _, audio, expected = release_codes(built, tmp_path)
+    session = onnxruntime.InferenceSession(str(folder / "onnx" / "encoder_model.onnx"))
+    codes = session.run(None, {"input_values": audio.numpy()})[0]
+    assert codes.shape == expected.shape
+    assert (codes != expected).sum() <= max(1, 0.001 * codes.size)  # near-ties may flip between runtimes
+    assert "streaming" in json.loads((folder / "config.json").read_text())
+
+
+def test_transformers_js_reads_the_repo(built, tmp_path):
+    """transformers.js' DacModel loads the repo (export/web/dac.mjs, which also reads the repo's config.json and
+    its streaming section) and gives the release's codes."""
+    import json
+
+    import numpy as np
+
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the transformers.js client cannot run")
+    folder, wav, _, expected = release_codes(built, tmp_path)
+    web = build_hub_repos.ROOT / "export" / "web"
+    subprocess.run(["node", str(web / "dac.mjs"), str(folder), str(wav), str(tmp_path / "out")],
+                   check=True, timeout=300, capture_output=True)
+    result = json.loads((tmp_path / "out.json").read_text())
+    ours = np.array(result["codes"]).reshape(result["dims"])
+    assert (ours != expected).sum() <= max(1, 0.001 * ours.size)
+    assert np.array_equal(np.array(result["stream_codes"]), ours[0])
 
 
 def test_card_is_the_variants_own(built):

@@ -1,7 +1,9 @@
 """ONNX export: the whole-signal encoder and decoder graphs of each geometry run in ONNX Runtime with any batch and
 length, and give our codes and audio."""
 
+import contextlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -78,6 +80,34 @@ def test_the_step_graphs_stream_the_whole_signal_codes_and_audio(exported):
                 assert np.abs(streamed - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
+def test_the_reduced_precision_variants_stay_close(exported, tmp_path):
+    """The fp16 variants (always written) and the int8 ones (on request) run with float32 inputs and outputs; fp16
+    keeps nearly every code and the audio's SNR against float32 high, int8 keeps most; the quantizer stays float32
+    in both. (Their agreement on a full-size model is bench_onnx.py's, in the README.)"""
+    import onnx
+
+    from dac_codec.export.onnx import write_variants
+
+    model, folder = exported
+    shutil.copy(folder / "encoder_model.onnx", tmp_path / "encoder_model.onnx")
+    shutil.copy(folder / "decoder_model.onnx", tmp_path / "decoder_model.onnx")
+    for name in ("encoder_model", "decoder_model"):
+        write_variants(tmp_path / f"{name}.onnx", int8=True)
+    audio = 0.3 * torch.randn(1, 1, model.config.sampling_rate, generator=torch.Generator().manual_seed(3))
+    codes = run_onnx(folder, "encoder_model", audio.numpy())
+    decoded = run_onnx(folder, "decoder_model", codes)
+    for suffix, codes_kept, snr_db in (("_fp16", 0.95, 40), ("_int8", 0.6, 10)):
+        graph = onnx.load(tmp_path / f"encoder_model{suffix}.onnx").graph
+        assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.FLOAT]
+        assert (run_onnx(tmp_path, f"encoder_model{suffix}", audio.numpy()) == codes).mean() >= codes_kept
+        ours = run_onnx(tmp_path, f"decoder_model{suffix}", codes)
+        assert ours.dtype == np.float32
+        assert 10 * np.log10(np.sum(decoded**2) / np.sum((ours - decoded) ** 2)) >= snr_db
+    int8 = onnx.load(tmp_path / "decoder_model_int8.onnx").graph
+    assert any(node.op_type in ("ConvInteger", "MatMulInteger") for node in int8.node)
+    assert all("Integer" not in node.op_type for node in int8.node if "quantizer" in str(node.metadata_props))
+
+
 def test_the_folder_holds_the_graphs_and_the_config(exported):
     import onnx
 
@@ -98,7 +128,8 @@ def test_the_export_command_writes_the_folder(tmp_path, capsys):
     write_model_folder(tiny_model(), tmp_path / "model")
     assert main(["export", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "onnx").glob("*.onnx")) == [
-        "decoder_model.onnx", "decoder_step.onnx", "encoder_model.onnx", "encoder_step.onnx"]
+        "decoder_model.onnx", "decoder_model_fp16.onnx", "decoder_step.onnx", "encoder_model.onnx",
+        "encoder_model_fp16.onnx", "encoder_step.onnx"]
     assert "wrote" in capsys.readouterr().err
 
 
@@ -140,3 +171,88 @@ def test_transformers_js_in_node_gives_our_codes_and_audio(exported, tmp_path):
         decoded = soundfile.read(tmp_path / name, dtype="float32")[0]
         assert decoded.shape == theirs.shape
         assert np.abs(decoded - theirs).max() <= AUDIO_TOLERANCE * np.abs(theirs).max()
+
+
+@contextlib.contextmanager
+def serve(routes: dict):
+    """A static HTTP server on 127.0.0.1 serving each URL prefix from its folder; yields its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                          ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json"}
+
+        def translate_path(self, path):
+            for prefix, folder in routes.items():
+                if path.startswith(prefix):
+                    relative = path.split("?", 1)[0][len(prefix):]
+                    return str(Path(folder) / relative)
+            return str(Path(os.devnull))
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_the_browser_page_encodes_and_decodes_a_file(exported, tmp_path):
+    """export/web/index.html in headless Chromium (Debian's, driven by Playwright), served from localhost with the
+    exported folder: transformers.js over ONNX Runtime Web (WebAssembly) gives our codes for a short clip, both
+    players load, and the page asks nothing of any other host."""
+    import soundfile
+
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser_path is None:
+        pytest.skip("needs Debian's chromium (scripts/setup_env.sh --test installs it where apt-get can)")
+    node_modules()
+    from playwright.sync_api import sync_playwright
+
+    model, folder = exported
+    rate = model.config.sampling_rate
+    soundfile.write(tmp_path / "clip.wav", 0.3 * np.random.default_rng(2).standard_normal(int(0.5 * rate)), rate,
+                    subtype="PCM_16")
+    audio = torch.from_numpy(soundfile.read(tmp_path / "clip.wav", dtype="float32")[0])[None, None]
+    with torch.no_grad():
+        codes = model.encode(audio, rate, chunk_size_in_sec=0).codes[0].numpy()
+    elsewhere, errors = [], []
+    with serve({"/models/": folder.parent.parent, "/": WEB}) as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", lambda request: None if request.url.startswith((base, "blob:", "data:"))
+                    else elsewhere.append(request.url))
+            page.goto(f"{base}/index.html?model=/models/{folder.parent.name}/", timeout=60_000)
+            page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=120_000)
+            assert page.evaluate("document.body.dataset.state") == "ready", page.text_content("#status")
+            page.set_input_files("#file", str(tmp_path / "clip.wav"))
+            page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=120_000)
+            status = page.text_content("#status")
+            result = page.evaluate("window.dacResult")
+            players = page.eval_on_selector_all("audio", LOADED)
+        finally:
+            browser.close()
+    assert result is not None, status
+    theirs = np.array(result["codes"]).reshape(result["dims"])[0]
+    assert theirs.shape == codes.shape
+    assert (theirs != codes).sum() <= max(1, 0.001 * codes.size)  # near-ties may flip between runtimes
+    assert result["samples"] == model.num_samples(codes.shape[-1])
+    assert [duration for _, duration in players] == pytest.approx([0.5, result["samples"] / rate], abs=1e-3)
+    assert not elsewhere and not errors, (elsewhere, errors)
+
+
+LOADED = """els => Promise.all(els.map(a => a.readyState >= 1 ? [a.id, a.duration] : new Promise(done => {
+    a.addEventListener('loadedmetadata', () => done([a.id, a.duration]));
+    a.addEventListener('error', () => done([a.id, null]));
+    a.load();
+})))"""

@@ -88,11 +88,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     _add_corpus_commands(commands)
     _add_finetune_command(commands)
     _add_evaluate_command(commands)
-    export = commands.add_parser("export", help="the encoder and decoder as ONNX graphs, for ONNX Runtime",
-                                 description="Writes DIR/onnx/encoder_model.onnx and decoder_model.onnx (dynamic "
-                                             "batch and length) and DIR/config.json.")
+    export = commands.add_parser(
+        "export", help="the encoder and decoder as ONNX graphs, for ONNX Runtime and transformers.js",
+        description="Writes DIR/onnx/encoder_model.onnx and decoder_model.onnx (dynamic batch and length) with their "
+                    "_fp16 variants, the step graphs encoder_step.onnx and decoder_step.onnx (streams with explicit "
+                    "state), and DIR/config.json as transformers.js reads it.")
     export.add_argument("--model", default=DEFAULT_MODEL, help=f"folder, Hub id or .pth (default {DEFAULT_MODEL})")
     export.add_argument("--output", required=True, metavar="DIR")
+    export.add_argument("--block-frames", type=int, default=4, help="frames per call of the step graphs (default 4)")
+    export.add_argument("--int8", action="store_true",
+                        help="also the _int8 variants (dynamic quantization; slower than fp32 on CPU, see README)")
     args = parser.parse_args(argv)
     if args.command in ("tokenize", "detokenize"):
         return run_command(lambda: _corpus_command(args, argv))
@@ -318,8 +323,10 @@ def _export_command(args: argparse.Namespace) -> int:
     from .loading import load_model
 
     check_installed()  # before the model loads
-    folder = export_onnx(load_model(args.model), args.output)
-    print(f"wrote {folder}: encoder_model.onnx, decoder_model.onnx", file=sys.stderr)
+    if args.block_frames < 1:
+        raise ValueError(f"--block-frames must be at least 1, got {args.block_frames}")
+    folder = export_onnx(load_model(args.model), args.output, args.block_frames, args.int8)
+    print(f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.glob("*.onnx"))), file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,9 @@
 
 For each variant (16khz, 24khz, 44khz, 44khz_16kbps) it writes OUTPUT_DIR/VARIANT/ with exactly what the Hub repo
 holds: config.json (with auto_map), model.safetensors, the four model modules, requirements.txt, a README.md model
-card for that variant and the figures `.fig/*.png` it shows. The card is this repo's README.md with the variant's
+card for that variant and the figures `.fig/*.png` it shows; with --onnx also onnx/, the graphs of `dac-codec export`
+(whole-signal, fp16 and step graphs) for ONNX Runtime and transformers.js, with the step graphs' streaming
+section in config.json. The card is this repo's README.md with the variant's
 repo id in the usage snippet, a header with its numbers computed from its config (sample rate, hop, frame rate,
 codebooks, bitrate), the variant's name among the tags, and without what only a clone of this repo can run (the
 quick-start commands, the "Converting weights" and "Development" sections, and anything between
@@ -169,10 +171,14 @@ def render_card(readme: str, config, variant: str, repo_id: str, weights: str) -
     return str(card)
 
 
-def expected_files() -> list[str]:
-    """The files of every built folder, relative to it."""
+ONNX_FILES = tuple(f"onnx/{name}.onnx" for name in (
+    "encoder_model", "encoder_model_fp16", "decoder_model", "decoder_model_fp16", "encoder_step", "decoder_step"))
+
+
+def expected_files(onnx: bool = False) -> list[str]:
+    """The files of every built folder, relative to it; with `onnx`, the exported graphs too."""
     return sorted([*RUNTIME_FILES, "config.json", "model.safetensors", "README.md",
-                   *(f".fig/{path.name}" for path in FIGURES.glob("*.png"))])
+                   *(f".fig/{path.name}" for path in FIGURES.glob("*.png")), *(ONNX_FILES if onnx else ())])
 
 
 def check_architecture(config, variant: str) -> None:
@@ -192,8 +198,9 @@ def prepare_folder(folder: Path) -> None:
     folder.mkdir(parents=True)
 
 
-def build_variant(variant: str, source: str, output_dir: Path, repo_id: str) -> Path:
-    """Writes OUTPUT_DIR/VARIANT with exactly the files of the variant's Hub repo; returns the folder."""
+def build_variant(variant: str, source: str, output_dir: Path, repo_id: str, onnx: bool = False) -> Path:
+    """Writes OUTPUT_DIR/VARIANT with exactly the files of the variant's Hub repo; returns the folder. With `onnx`,
+    also the graphs of `dac-codec export` in onnx/, their streaming section in config.json."""
     model = load_model(source)
     check_architecture(model.config, variant)
     if Path(source).name == RELEASE_FILES[variant]:
@@ -205,12 +212,16 @@ def build_variant(variant: str, source: str, output_dir: Path, repo_id: str) -> 
     card = render_card((ROOT / "README.md").read_text(), model.config, variant, repo_id, weights)
     folder = output_dir / variant
     prepare_folder(folder)
+    if onnx:
+        from ..export.onnx import export_graphs
+
+        model.config.streaming = export_graphs(model, folder / "onnx")
     write_model_folder(model, folder, readme=card)
     for figure in sorted(FIGURES.glob("*.png")):
         (folder / ".fig").mkdir(exist_ok=True)
         shutil.copy(figure, folder / ".fig" / figure.name)
     written = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    assert written == expected_files(), f"{folder} holds {written}, expected {expected_files()}"
+    assert written == expected_files(onnx), f"{folder} holds {written}, expected {expected_files(onnx)}"
     return folder
 
 
@@ -287,18 +298,27 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help=f"repo id = prefix + variant (default {DEFAULT_REPO_PREFIX!r})")
     parser.add_argument("--push-to-hub", action="store_true", help="upload each folder to its repo")
     parser.add_argument("--private", action="store_true", help="create missing repos as private")
+    parser.add_argument("--onnx", action="store_true",
+                        help="add the ONNX graphs of `dac-codec export` in onnx/ (needs pip install 'dac-codec[onnx]')")
     args = parser.parse_args(argv)
 
     try:
         sources = parse_sources(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.onnx:
+        from ..export.onnx import check_installed
+
+        try:
+            check_installed()
+        except ValueError as error:
+            parser.error(str(error))
     api = hub_api() if args.push_to_hub else None  # before any work: fail fast without a token or network
     folders = {}
     for variant, source in sources.items():  # all built before any upload: a failed build uploads nothing
         repo_id = args.repo_prefix + variant
         try:
-            folders[variant] = build_variant(variant, source, Path(args.output_dir), repo_id)
+            folders[variant] = build_variant(variant, source, Path(args.output_dir), repo_id, args.onnx)
         except (ValueError, FileNotFoundError) as error:
             sys.exit(f"error: {variant}: {error}")
         print(f"{variant}: built {folders[variant]} for {repo_id} from {source}")

@@ -13,10 +13,11 @@ recomputed context and no averaging:
 
 Two words belong to this module (chunking.py defines block, chunk and window):
 - *state*: what a stream remembers between pieces: each convolution's input tail (`ConvStream`), each residual
-  unit's pending skip inputs (`Residual`), each transposed convolution's start crop and its polyphase weights
-  (`ConvTransposeStream`), and one scratch buffer (`Scratch`). The layers build it once per stream
-  (`Encoder.stream()`, `Decoder.stream()`); it lives in the stream's objects and is discarded with them, and the
-  modules hold none of it.
+  unit's pending skip inputs (`Residual`), each transposed convolution's start crop (`ConvTransposeStream`), and
+  one scratch buffer (`Scratch`). The layers build it once per stream (`Encoder.stream()`, `Decoder.stream()`); it
+  lives in the stream's objects and is discarded with them, and the modules hold none of it. Weights derived from
+  the modules' (the transposed convolutions' polyphase kernels) are not state: `DerivedWeights` keeps them once per
+  model and weights.
 - *tile*: the slice of a piece that one layer processes at a time (`Pipeline`), at most `TILE_ELEMENTS`
   activations, so that they stay in cache whatever the piece's size.
 
@@ -27,11 +28,14 @@ the convolutions run in oneDNN's native channels-last layout without reorders (`
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from typing import Callable, Iterator, NamedTuple, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 TILE_ELEMENTS = 1 << 22  # activations per tile and layer: 16 MB in fp32, in cache and off mmap
 GEMM_STEPS = 1024  # convs with fewer output steps per call run as one GEMM (see `time_major_conv`)
@@ -137,25 +141,59 @@ class ConvStream:
                                self.dilation)
 
 
-def polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (weight (s * C_out, C_in, 2), bias (s * C_out,)) of the kernel-2 convolution (padding 1) whose output
-    m holds, phase-major, the uncropped outputs m * s + r (r < s) of `conv`, a transposed conv of kernel 2s."""
+class DerivedWeights:
+    """Tensors derived from a module's parameters (`derive(module)`), computed once per module and version of its
+    parameters and held here, outside the module: a derivation that costs more than a short call's arithmetic (the
+    polyphase weights of a 44.1 kHz decoder take ~70 ms) is paid once per model, dtype and device, not per call.
+
+    An entry is used only while the module's parameters are the same tensors at the same storage and version:
+    in-place updates (an optimizer step, `load_state_dict`) and moves (`.to(dtype)`) recompute it. Modules whose
+    weights are recomputed on every access (weight norm's parametrization) are never cached. Safe under concurrent
+    calls: one lock guards the table, and entries die with their modules."""
+
+    def __init__(self, derive: Callable[[nn.Module], tuple[torch.Tensor, ...]]):
+        self.derive = derive
+        self.table: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.lock = threading.Lock()
+
+    def __call__(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
+        if parametrize.is_parametrized(module):
+            return self.derive(module)
+        params = list(module.parameters(recurse=False))
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        with self.lock:
+            entry = self.table.get(module)
+            if entry is not None and entry[0] == key and all(r() is p for r, p in zip(entry[1], params)):
+                return entry[2]
+            value = self.derive(module)
+            self.table[module] = (key, [weakref.ref(p) for p in params], value)
+            return value
+
+
+def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Tensor]:
     weight, s = conv.weight, conv.stride[0]
     c_in, c_out, kernel = weight.shape
     assert kernel == 2 * s and conv.dilation[0] == 1 and conv.output_padding[0] == 0, "not a DAC upsampler"
     # (C_in, C_out, [q, r]) -> (s * C_out, C_in, 2), phase-major, taps ordered x[m - 1], x[m]; copied in
     # slices of C_in, which keeps the strided reads in cache (1.5x faster than one copy of the whole)
-    source = weight.detach().view(c_in, c_out, 2, s).flip(2).permute(3, 1, 0, 2)
-    phases = weight.new_empty(s, c_out, c_in, 2)
-    for start in range(0, c_in, 64):
-        phases[:, :, start : start + 64].copy_(source[:, :, start : start + 64])
-    return phases.view(s * c_out, c_in, 2), conv.bias.detach().repeat(s)
+    with torch.no_grad():
+        source = weight.view(c_in, c_out, 2, s).flip(2).permute(3, 1, 0, 2)
+        phases = weight.new_empty(s, c_out, c_in, 2)
+        for start in range(0, c_in, 64):
+            phases[:, :, start : start + 64].copy_(source[:, :, start : start + 64])
+        return phases.view(s * c_out, c_in, 2), conv.bias.repeat(s)
+
+
+# polyphase_weights(conv) -> (weight (s * C_out, C_in, 2), bias (s * C_out,)): the kernel-2 convolution (padding 1)
+# whose output m holds, phase-major, the uncropped outputs m * s + r (r < s) of `conv`, a transposed conv of kernel
+# 2s; derived once per model and weights (`DerivedWeights`).
+polyphase_weights = DerivedWeights(_polyphase_weights)
 
 
 class ConvTransposeStream:
     """A transposed convolution of kernel 2 * stride, run as `stride` phases of one kernel-2 convolution
     (polyphase), which streams like any conv and runs 1.5-2x faster on CPU. Its state: the phases' input tail and
-    the output samples still to crop at the start; the polyphase weights are derived once per stream.
+    the output samples still to crop at the start; the polyphase weights are derived once per model (`DerivedWeights`).
 
     With kernel 2s, uncropped output m * s + r is W[:, :, r]^T x[m] + W[:, :, r + s]^T x[m - 1]; `padding` samples
     are then cropped at both ends. The end's crop needs no holding back: the final step always emits the s samples

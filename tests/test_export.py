@@ -144,6 +144,19 @@ def node_modules():
         "export/web's npm packages are missing: bash scripts/setup_env.sh --test (or npm ci in export/web)"
 
 
+def noise_clip(model, path: Path, seconds: float, seed: int) -> np.ndarray:
+    """Writes `seconds` of noise to the 16-bit WAV `path` at the model's rate; returns our codes of what it holds,
+    (n_codebooks, frames)."""
+    import soundfile
+
+    rate = model.config.sampling_rate
+    noise = 0.3 * np.random.default_rng(seed).standard_normal(int(seconds * rate))
+    soundfile.write(path, noise, rate, subtype="PCM_16")
+    audio = torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None, None]
+    with torch.no_grad():
+        return model.encode(audio, rate, chunk_size_in_sec=0).codes[0].numpy()
+
+
 def test_transformers_js_in_node_gives_our_codes_and_audio(exported, tmp_path):
     """The real client: export/web/dac.mjs loads the folder with transformers.js' DacModel (onnxruntime-node, local
     files), encodes and decodes a WAV, and streams it through the step graphs with the JavaScript driver."""
@@ -151,12 +164,7 @@ def test_transformers_js_in_node_gives_our_codes_and_audio(exported, tmp_path):
 
     node_modules()
     model, folder = exported
-    rate = model.config.sampling_rate
-    soundfile.write(tmp_path / "in.wav", 0.3 * np.random.default_rng(1).standard_normal(int(0.77 * rate)), rate,
-                    subtype="PCM_16")
-    audio = torch.from_numpy(soundfile.read(tmp_path / "in.wav", dtype="float32")[0])[None, None]
-    with torch.no_grad():
-        codes = model.encode(audio, rate, chunk_size_in_sec=0).codes[0].numpy()
+    codes = noise_clip(model, tmp_path / "in.wav", 0.77, seed=1)
     subprocess.run(["node", str(WEB / "dac.mjs"), str(folder.parent), str(tmp_path / "in.wav"), str(tmp_path / "out")],
                    check=True, timeout=300, capture_output=True)
     result = json.loads((tmp_path / "out.json").read_text())
@@ -209,7 +217,6 @@ def test_the_browser_page_encodes_and_decodes_a_file(exported, tmp_path):
     """export/web/index.html in headless Chromium (Debian's, driven by Playwright), served from localhost with the
     exported folder: transformers.js over ONNX Runtime Web (WebAssembly) gives our codes for a short clip, both
     players load, and the page asks nothing of any other host."""
-    import soundfile
 
     browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser_path is None:
@@ -219,11 +226,7 @@ def test_the_browser_page_encodes_and_decodes_a_file(exported, tmp_path):
 
     model, folder = exported
     rate = model.config.sampling_rate
-    soundfile.write(tmp_path / "clip.wav", 0.3 * np.random.default_rng(2).standard_normal(int(0.5 * rate)), rate,
-                    subtype="PCM_16")
-    audio = torch.from_numpy(soundfile.read(tmp_path / "clip.wav", dtype="float32")[0])[None, None]
-    with torch.no_grad():
-        codes = model.encode(audio, rate, chunk_size_in_sec=0).codes[0].numpy()
+    codes = noise_clip(model, tmp_path / "clip.wav", 0.5, seed=2)
     elsewhere, errors = [], []
     with serve({"/models/": folder.parent.parent, "/": WEB}) as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])

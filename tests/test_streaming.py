@@ -175,3 +175,48 @@ def test_step_graphs_lag_by_the_lookahead(model):
     lookahead = model.stream_latency
     assert encoder.delay == math.ceil(round(lookahead["encode"] * model.sampling_rate) / model.hop_length)
     assert math.ceil(decoder.delay / model.hop_length) == round(lookahead["decode"] * model.config.frame_rate)
+
+
+def test_derived_weights_are_kept_per_module_and_weights():
+    """The polyphase weights are derived once per transposed conv and reused while its weights stay; an in-place
+    update (an optimizer step, load_state_dict) or a move to another dtype derives them anew, and a weight-normed
+    conv (its weight recomputed on every access) is never cached."""
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose1d(6, 4, kernel_size=8, stride=4, padding=2)
+    first = streaming.polyphase_weights(conv)
+    assert all(a is b for a, b in zip(streaming.polyphase_weights(conv), first))  # kept
+    with torch.no_grad():
+        conv.weight.mul_(2)  # as an optimizer step updates it
+    second = streaming.polyphase_weights(conv)
+    assert torch.equal(second[0], 2 * first[0])
+    conv.load_state_dict({"weight": torch.randn(6, 4, 8), "bias": torch.randn(4)})
+    third = streaming.polyphase_weights(conv)
+    assert torch.equal(third[1], conv.bias.detach().repeat(4))
+    conv.double()
+    assert streaming.polyphase_weights(conv)[0].dtype == torch.float64
+    normed = nn.utils.parametrizations.weight_norm(nn.ConvTranspose1d(6, 4, kernel_size=8, stride=4), dim=0)
+    before = streaming.polyphase_weights(normed)[0]
+    with torch.no_grad():
+        normed.parametrizations.weight.original0.mul_(3)  # the gain g
+    assert torch.allclose(streaming.polyphase_weights(normed)[0], 3 * before)
+
+
+def test_concurrent_decodes_share_the_derived_weights():
+    """Threads decoding with one model at once (the derived weights computed under a lock) give the serial audio."""
+    import threading
+
+    model = tiny_model("16khz", seed=5)  # a model whose derived weights no test has made yet
+    codes = torch.randint(0, model.config.codebook_size, (1, model.config.n_codebooks, 30),
+                          generator=torch.Generator().manual_seed(0))
+    results = [None] * 4
+
+    def decode(i):
+        results[i] = model.decode(s=codes)
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    expected = model.decode(s=codes)
+    assert all(result is not None and torch.equal(result, expected) for result in results)

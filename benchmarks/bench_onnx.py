@@ -155,6 +155,7 @@ def main() -> None:
         agreement = spawn(__file__, "export", {"preset": preset, "folder": str(folder)}, home)
         if "error" in agreement:
             sys.exit(f"exporting failed: {agreement['error']}")
+        print(f"agreement: {json.dumps(agreement)}", file=sys.stderr, flush=True)
         for repeat in range(args.repeats):  # interleaved, so that drift in machine load hits every impl alike
             for seconds, op, impl in points:
                 spec = dict(preset=preset, seconds=seconds, op=op, impl=impl, dtype="float32", threads=None,
@@ -164,6 +165,11 @@ def main() -> None:
                 runs[(seconds, op, impl)].append(result)
                 shown = result.get("error") or f"{result['time_s']:.2f} s"
                 print(f"[{repeat + 1}/{args.repeats}] {seconds:g}s {op} {impl}: {shown}", file=sys.stderr, flush=True)
+            if args.json:  # every round's results, so that a cut run keeps what it measured
+                Path(args.json).write_text(json.dumps({"command": command_line(), "checks": checks,
+                                                       "agreement": agreement, "rounds_done": repeat + 1,
+                                                       "runs": [[*point, results] for point, results in
+                                                                runs.items()]}, indent=1))
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -208,8 +214,8 @@ def main() -> None:
           f"{'yes' if checks.get('same_codes') else 'NO'}")
     print(f"command: {command_line()}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": command_line(), "checks": checks,
-                                               "agreement": agreement, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"command": command_line(), "checks": checks, "agreement": agreement,
+                                               "rounds_done": args.repeats, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

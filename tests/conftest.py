@@ -46,6 +46,15 @@ def tiny_model(geometry: str = "16khz", seed: int = 0, **overrides) -> DacModel:
     return random_model(tiny_config(geometry, **overrides), seed, gain=TINY_GAIN)
 
 
+def assert_codes_match(ours: torch.Tensor, expected: torch.Tensor, context=None) -> None:
+    """Codes of the same sums taken in another order (streams and tiles against one pass): equal, but for
+    near-ties of the nearest-code search that float rounding may flip on some CPUs (seen on one of the machines
+    here, never on another): at most one code in a thousand, one in a short clip."""
+    assert ours.shape == expected.shape, context
+    differing = int((ours != expected).sum())
+    assert differing <= max(1, expected.numel() // 1000), (context, differing, expected.numel())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Tiny models run fastest on one thread, and a busy 2-core machine is spared the thread pool's spinning."""

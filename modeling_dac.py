@@ -633,8 +633,17 @@ class StepGraph(nn.Module):
         self.output_block, self.delay = out.rows, out.delay
         self.state_size = sum(channels * rows for channels, rows in self.slots)
 
+    input_type, output_type = "float32", "float32"  # dtypes of the block and of the outputs
+
     def output_length(self, input_length: int) -> int:
         raise NotImplementedError
+
+    def spec(self) -> dict:
+        """What a driver needs to know of this graph (`StepStream`; the exported config's "streaming" entry)."""
+        return {"block": self.block, "output_block": self.output_block, "delay": self.delay,
+                "trim": self.output_block - self.output_length(self.block), "state_size": self.state_size,
+                "output_channels": self.output_channels, "input_type": self.input_type,
+                "output_type": self.output_type}
 
     def start(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(state, position) before the first call."""
@@ -652,6 +661,8 @@ class StepGraph(nn.Module):
 class EncoderStepGraph(StepGraph):
     """`encode`'s step: input_values (batch, 1, block_frames * hop) -> audio_codes (batch, n_codebooks,
     block_frames); the signal is zero-padded to whole frames as `encode` pads it."""
+
+    output_type = "int64"
 
     def __init__(self, model: DacModel, block_frames: int):
         self.hop_length = model.hop_length
@@ -672,6 +683,8 @@ class EncoderStepGraph(StepGraph):
 class DecoderStepGraph(StepGraph):
     """`decode`'s step: audio_codes (batch, n_codebooks, block_frames) int64 -> audio_values (batch, 1,
     block_frames * hop)."""
+
+    input_type = "int64"
 
     def __init__(self, model: DacModel, block_frames: int):
         super().__init__(model.decoder.steps(), block_frames)

@@ -57,8 +57,8 @@ def export_graphs(model, folder: Union[str, Path], block_frames: int = STEP_FRAM
     """Writes into `folder` the whole-signal graphs encoder_model.onnx and decoder_model.onnx (dynamic batch and
     length) with their fp16 variants (and int8 ones with `int8`: on CPU they run slower than fp32 and change many
     codes, see the README), and the step graphs encoder_step.onnx and decoder_step.onnx
-    (`block_frames` frames a call, dynamic batch). Returns the config's "streaming" section: per step graph its
-    block, output_block, delay, trim, state_size, output_channels and input_type (see `StepStream`)."""
+    (`block_frames` frames a call, dynamic batch). Returns the config's "streaming" section: each step graph's
+    `spec()`."""
     check_installed()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,26 +79,20 @@ def export_graphs(model, folder: Union[str, Path], block_frames: int = STEP_FRAM
     for graph, name, inputs, outputs in zip(model.step_graphs(block_frames), ("encoder", "decoder"),
                                             ("input_values", "audio_codes"), ("audio_codes", "audio_values")):
         state, position = graph.start(2)
-        if name == "encoder":
-            block = torch.zeros(2, 1, graph.block)
-        else:
-            block = torch.zeros(2, n_codebooks, graph.block, dtype=torch.long)
+        channels = 1 if name == "encoder" else n_codebooks
+        block = torch.zeros(2, channels, graph.block, dtype=getattr(torch, graph.input_type))
         _export(graph, (block, torch.tensor([graph.block]), state, position), folder / f"{name}_step.onnx",
                 [inputs, "input_length", "state", "position"], [outputs, "next_state", "next_position"],
                 ({0: batch}, None, {0: batch}, None))
-        streaming[name] = {"block": graph.block, "output_block": graph.output_block, "delay": graph.delay,
-                           "trim": graph.output_block - graph.output_length(graph.block),
-                           "state_size": graph.state_size, "output_channels": graph.output_channels,
-                           "input_type": "float32" if name == "encoder" else "int64"}
+        streaming[name] = graph.spec()
     return streaming
 
 
 def write_variants(path: Path, int8: bool = False) -> None:
     """Beside the float32 graph `path`: NAME_fp16.onnx (float16 weights and activations, float32 inputs and outputs)
     and with `int8` NAME_int8.onnx (int8 weights, activations quantized on the fly: ONNX Runtime's dynamic
-    quantization). The
-    quantizer (the nearest-code search and the codebook lookup) stays float32 in both: it decides the codes and
-    costs nothing."""
+    quantization). The quantizer (the nearest-code search and the codebook lookup) stays float32 in both: it decides
+    the codes and costs nothing."""
     import onnx
     from onnxconverter_common import float16
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -157,7 +151,7 @@ class StepStream:
     def __init__(self, step, spec: dict, batch: int):
         self.step, self.block, self.out_block = step, spec["block"], spec["output_block"]
         self.delay, self.trim, self.channels = spec["delay"], spec["trim"], spec["output_channels"]
-        self.dtype = np.dtype(spec["input_type"])
+        self.dtype, self.output_dtype = np.dtype(spec["input_type"]), np.dtype(spec["output_type"])
         self.state = np.zeros((batch, spec["state_size"]), np.float32)
         self.position = np.array([0, -1], np.int64)
         self.pending: list[np.ndarray] = []
@@ -191,7 +185,7 @@ class StepStream:
     def _keep(self, outputs: list[np.ndarray], total) -> np.ndarray:
         """The outputs' rows at positions [0, total) (from 0 on while the end is unknown)."""
         if not outputs:
-            return np.zeros((self.state.shape[0], self.channels, 0), np.float32 if self.channels == 1 else np.int64)
+            return np.zeros((self.state.shape[0], self.channels, 0), self.output_dtype)
         out = np.concatenate(outputs, axis=-1)
         first = self.emitted - out.shape[-1] - self.delay  # position of out's first row
         start = max(0, -first)

@@ -55,6 +55,21 @@ def assert_codes_match(ours: torch.Tensor, expected: torch.Tensor, context=None)
     assert differing <= max(1, expected.numel() // 1000), (context, differing, expected.numel())
 
 
+def stream_steps(step, spec: dict, x, rng, max_piece: int):
+    """Feeds (B, C, t) numpy x to a `StepStream` of the step function `step` (a step graph's, in torch or ONNX
+    Runtime) in random pieces of 0 to `max_piece` rows; returns the concatenated outputs."""
+    import numpy as np
+
+    from dac_codec.export.onnx import StepStream
+
+    stream, outputs, start = StepStream(step, spec, x.shape[0]), [], 0
+    while start < x.shape[-1]:
+        n = rng.randrange(max_piece + 1)
+        outputs.append(stream.feed(x[..., start : start + n]))
+        start += n
+    return np.concatenate([*outputs, stream.finish()], axis=-1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Tiny models run fastest on one thread, and a busy 2-core machine is spared the thread pool's spinning."""

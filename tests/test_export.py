@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dac_codec.export import export_onnx
-from dac_codec.export.onnx import StepStream, run_onnx
+from dac_codec.export.onnx import run_onnx
 
-from conftest import GEOMETRIES, tiny_model
+from conftest import GEOMETRIES, stream_steps, tiny_model
 
 pytest.importorskip("onnxruntime", reason="the onnx extra: pip install 'dac-codec[onnx]'")
 AUDIO_TOLERANCE = 1e-4  # of the largest sample: float32 kernels of two runtimes, summed in other orders
@@ -67,12 +67,7 @@ def test_the_step_graphs_stream_the_whole_signal_codes_and_audio(exported):
             codes = model.encode(audio, model.sampling_rate, chunk_size_in_sec=0).codes.numpy()
             expected = model.decode(s=torch.from_numpy(codes), chunk_size=0).numpy()
         for name, x, maximum in (("encoder", audio.numpy(), 3 * hop), ("decoder", codes, 5)):
-            stream, outputs, start = StepStream(onnx_step(folder, name), spec[name], 2), [], 0
-            while start < x.shape[-1]:
-                n = rng.randrange(maximum + 1)
-                outputs.append(stream.feed(x[..., start : start + n]))
-                start += n
-            streamed = np.concatenate([*outputs, stream.finish()], axis=-1)
+            streamed = stream_steps(onnx_step(folder, name), spec[name], x, rng, maximum)
             if name == "encoder":
                 assert np.array_equal(streamed, codes)
             else:

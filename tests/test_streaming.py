@@ -18,7 +18,7 @@ from torch import nn
 from dac_codec import dac_layers as layers
 from dac_codec import streaming
 
-from conftest import tiny_model
+from conftest import stream_steps, tiny_model
 
 TOLERANCE = 1e-5
 
@@ -133,25 +133,6 @@ def torch_step(graph):
     return step
 
 
-def step_spec(graph):
-    return {"block": graph.block, "output_block": graph.output_block, "delay": graph.delay,
-            "trim": graph.output_block - graph.output_length(graph.block), "state_size": graph.state_size,
-            "output_channels": graph.output_channels,
-            "input_type": "float32" if graph.output_channels > 1 else "int64"}
-
-
-def stream_steps(graph, x, rng, max_piece):
-    """Feeds (B, C, t) numpy x to a `StepStream` of `graph` in random pieces (empty ones too)."""
-    from dac_codec.export.onnx import StepStream
-
-    stream, outputs, start = StepStream(torch_step(graph), step_spec(graph), x.shape[0]), [], 0
-    while start < x.shape[-1]:
-        n = rng.randrange(max_piece + 1)
-        outputs.append(stream.feed(x[..., start : start + n]))
-        start += n
-    return np.concatenate([*outputs, stream.finish()], axis=-1)
-
-
 @pytest.mark.parametrize("block_frames", [1, 3])
 def test_step_graphs_give_the_whole_signal_codes_and_audio(model, block_frames):
     """The fixed-block streams with explicit state (what encoder_step.onnx and decoder_step.onnx run), at random
@@ -163,8 +144,9 @@ def test_step_graphs_give_the_whole_signal_codes_and_audio(model, block_frames):
         with torch.no_grad():
             codes = model.encode(audio, model.sampling_rate, chunk_size_in_sec=0).codes
             expected = model.decode(s=codes, chunk_size=0).numpy()
-        assert np.array_equal(stream_steps(encoder, audio.numpy(), rng, 3 * hop), codes.numpy())
-        decoded = stream_steps(decoder, codes.numpy(), rng, 5)
+        assert np.array_equal(stream_steps(torch_step(encoder), encoder.spec(), audio.numpy(), rng, 3 * hop),
+                              codes.numpy())
+        decoded = stream_steps(torch_step(decoder), decoder.spec(), codes.numpy(), rng, 5)
         assert decoded.shape == expected.shape
         assert np.abs(decoded - expected).max() <= TOLERANCE * np.abs(expected).max()
 

@@ -38,7 +38,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 TILE_ELEMENTS = 1 << 22  # activations per tile and layer: 16 MB in fp32, in cache and off mmap
-GEMM_STEPS = 1024  # convs with fewer output steps per call run as one GEMM (see `time_major_conv`)
+GEMM_STEPS = 1024  # unpacked convs with fewer output steps per call run as one GEMM (see `time_major_conv`)
+PACK_ELEMENTS = 1 << 18  # weights at least this large (1 MB in fp32) are packed once (`pack_weight`)
 Activation = Callable[..., torch.Tensor]  # activation(x, out=None): elementwise, time-major, into `out` if given
 
 
@@ -65,24 +66,54 @@ class Scratch:
 
 
 def time_major_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int = 1, dilation: int = 1
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: int = 1,
+    dilation: int = 1,
+    packed: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Unpadded conv1d of time-major x (B, t, C_in) with weight (C_out, C_in, k) -> (B, t', C_out), time-major.
 
-    Long inputs run as conv2d over the (B, C_in, 1, t) channels-last view of x, oneDNN's native layout, where
-    (B, C, t) input would cost a reorder each way. oneDNN also reorders the whole weight on every call, which
-    costs more than the arithmetic when t' is short and the layer wide (the decoder's first layers, fed one chunk
-    of frames at a time): there one GEMM over the gathered input windows does the same sums in place.
+    Runs as conv2d over the (B, C_in, 1, t) channels-last view of x, oneDNN's native layout, where (B, C, t) input
+    would cost a reorder each way. oneDNN also reorders the weight into its blocked layout on every call, which
+    costs more than the arithmetic when t' is short and the layer wide (the decoder's first layers, a stream's last
+    steps). `packed` (`pack_weight`) is that reorder done once: the same kernel, the same sums, the output the same
+    to the bit. Unpacked, short outputs run as one GEMM over the gathered input windows, which reads the weight
+    in place.
     """
     batch, t, c_in = x.shape
     c_out, k = weight.shape[0], weight.shape[-1]
     t_out = (t - dilation * (k - 1) - 1) // stride + 1
-    if t_out < GEMM_STEPS and weight.is_contiguous():
+    if packed is None and t_out < GEMM_STEPS and weight.is_contiguous():
         step, channel = x.stride(1), x.stride(2)
         windows = x.as_strided((batch, t_out, c_in, k), (x.stride(0), stride * step, channel, dilation * step))
         return F.linear(windows.reshape(batch, t_out, c_in * k), weight.view(c_out, c_in * k), bias)
-    y = F.conv2d(x.transpose(1, 2).unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), 0, (1, dilation))
+    x = x.transpose(1, 2).unsqueeze(2)
+    if packed is not None and not torch.is_grad_enabled():
+        y = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [0, 0], [1, stride], [1, dilation], 1, "none",
+                                                    [], "")
+    else:
+        y = F.conv2d(x, weight.unsqueeze(2), bias, (1, stride), 0, (1, dilation))
     return y.squeeze(2).transpose(1, 2)  # (B, C_out, 1, t') -> (B, t', C_out)
+
+
+def pack_weight(weight: torch.Tensor, stride: int = 1, dilation: int = 1) -> Optional[torch.Tensor]:
+    """`weight` (C_out, C_in, k) reordered once into the blocked layout that oneDNN's kernels for this CPU read (the
+    CPU's vector width and ISA decide it), for `time_major_conv`; None where the reorder costs little (pointwise
+    or small weights, whose layout oneDNN may choose otherwise for short inputs) or oneDNN does not run it (another
+    device, no oneDNN, a dtype without a kernel here), and the conv then runs unpacked."""
+    supported = weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16
+                                                  and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if weight.shape[-1] == 1 or weight.numel() < PACK_ELEMENTS:
+        return None
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not supported:
+        return None
+    c_in = weight.shape[1]
+    with torch.no_grad():  # the layout is chosen for a tile's length of input (`Pipeline`)
+        return torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().unsqueeze(2).to_mkldnn(), [0, 0],
+                                                         [1, stride], [1, dilation], 1,
+                                                         [1, c_in, 1, max(1, TILE_ELEMENTS // c_in)])
 
 
 class ConvStream:
@@ -102,8 +133,10 @@ class ConvStream:
         dilation: int = 1,
         padding: int = 0,
         activation: Optional[Activation] = None,
+        packed: Optional[torch.Tensor] = None,
     ):
         self.weight, self.bias, self.scratch, self.activation = weight, bias, scratch, activation
+        self.packed = packed  # `pack_weight(weight, stride, dilation)`, or None
         self.stride, self.dilation, self.padding = stride, dilation, padding
         self.reach = dilation * (weight.shape[-1] - 1)
         self.tail: Optional[torch.Tensor] = None  # None until the first step, whose tail is the left padding
@@ -111,15 +144,17 @@ class ConvStream:
 
     @classmethod
     def of(cls, conv: nn.Conv1d, scratch: Scratch, activation: Optional[Activation] = None) -> "ConvStream":
-        """The stream of `conv`; its weight is read once (a weight-normed conv computes it on each access)."""
-        return cls(conv.weight, conv.bias, scratch, conv.stride[0], conv.dilation[0], conv.padding[0], activation)
+        """The stream of `conv`, with its weight packed once per model (`packed_weights`); its weight is read once
+        (a weight-normed conv computes it on each access)."""
+        return cls(conv.weight, conv.bias, scratch, conv.stride[0], conv.dilation[0], conv.padding[0], activation,
+                   packed_for(conv))
 
     def step(self, x: torch.Tensor, final: bool) -> torch.Tensor:
         stride, padding, reach = self.stride, self.padding, self.reach
         if reach == 0 and padding == 0 and stride == 1 and x.shape[1]:  # pointwise: nothing to carry over
             if self.activation is not None:
                 x = self.activation(x, out=self.scratch.take(x.shape, x))
-            return time_major_conv(x, self.weight, self.bias)
+            return time_major_conv(x, self.weight, self.bias, packed=self.packed)
         if self.skip:  # a kernel shorter than its stride jumped past the inputs so far: drop what it skips
             dropped = min(self.skip, x.shape[1])
             x, self.skip = x[:, dropped:], self.skip - dropped
@@ -138,7 +173,7 @@ class ConvStream:
         if n_out == 0:
             return x.new_empty(x.shape[0], 0, self.weight.shape[0])
         return time_major_conv(window[:, : (n_out - 1) * stride + reach + 1], self.weight, self.bias, stride,
-                               self.dilation)
+                               self.dilation, self.packed)
 
 
 class DerivedWeights:
@@ -190,6 +225,24 @@ def _polyphase_weights(conv: nn.ConvTranspose1d) -> tuple[torch.Tensor, torch.Te
 polyphase_weights = DerivedWeights(_polyphase_weights)
 
 
+def _packed(conv: nn.Module) -> tuple[Optional[torch.Tensor]]:
+    if parametrize.is_parametrized(conv):  # weight norm (fine-tuning): the weight changes every step
+        return (None,)
+    if isinstance(conv, nn.ConvTranspose1d):
+        return (pack_weight(polyphase_weights(conv)[0]),)
+    return (pack_weight(conv.weight, conv.stride[0], conv.dilation[0]),)
+
+
+# packed_weights(conv) -> (the weight `time_major_conv` runs `conv` with, packed by `pack_weight`, or None): for a
+# transposed conv, its polyphase weight; derived once per model and weights (`DerivedWeights`).
+packed_weights = DerivedWeights(_packed)
+
+
+def packed_for(conv: nn.Module) -> Optional[torch.Tensor]:
+    """`conv`'s packed weight for a stream built now: none under autograd, which the packed conv does not carry."""
+    return None if torch.is_grad_enabled() else packed_weights(conv)[0]
+
+
 class ConvTransposeStream:
     """A transposed convolution of kernel 2 * stride, run as `stride` phases of one kernel-2 convolution
     (polyphase), which streams like any conv and runs 1.5-2x faster on CPU. Its state: the phases' input tail and
@@ -202,7 +255,8 @@ class ConvTransposeStream:
 
     def __init__(self, conv: nn.ConvTranspose1d, scratch: Scratch, activation: Optional[Activation] = None):
         assert conv.padding[0] <= conv.stride[0], "the end's crop must lie within the final step's output"
-        self.phases = ConvStream(*polyphase_weights(conv), scratch, padding=1, activation=activation)
+        self.phases = ConvStream(*polyphase_weights(conv), scratch, padding=1, activation=activation,
+                                 packed=packed_for(conv))
         self.c_out, self.crop = conv.out_channels, conv.padding[0]
         self.to_drop = self.crop  # samples still to crop at the start
 

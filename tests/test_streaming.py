@@ -3,7 +3,8 @@ cut at random points (empty pieces too, and a last piece that is not empty), giv
 the whole signal.
 
 Tolerance: 1e-5 relative to the output's peak. The streams run the same sums as torch's convolutions, in another
-order (a GEMM over gathered windows, or a channels-last convolution); float32 rounding then differs by a few ulps.
+order (a GEMM over gathered windows, or a channels-last convolution, its weight packed once or not); float32
+rounding then differs by a few ulps.
 """
 
 import math
@@ -74,6 +75,53 @@ def test_conv_stream_equals_conv1d(kernel, stride, dilation, time_steps):
         for n_pieces, final_piece in ((1, False), (1, True), (4, True), (13, False)):
             stream = streaming.ConvStream(weight, bias, streaming.Scratch(), stride, dilation, padding, activation)
             close(run_stream(stream, x, rng, n_pieces, final_piece), expected)
+
+
+needs_packing = pytest.mark.skipif(streaming.pack_weight(torch.zeros(64, 64, 64)) is None,
+                                   reason="oneDNN does not run float32 convolutions here")
+
+
+@needs_packing
+@torch.inference_mode()
+@pytest.mark.parametrize("kernel, stride, dilation", [(7, 1, 1), (7, 1, 9), (16, 8, 1), (2, 1, 1), (3, 1, 1)])
+def test_packed_weights_give_the_unpacked_conv(kernel, stride, dilation):
+    """A conv with its weight packed once (`pack_weight`) runs oneDNN's kernel of the unpacked conv on the same
+    sums: bit-equal where the unpacked conv runs as a convolution (long outputs), and within the GEMM's rounding
+    (TOLERANCE) where it runs as one GEMM (short outputs). Packing depends on what the CPU reports; this holds
+    whatever layout it chose."""
+    g = torch.Generator().manual_seed(kernel * 100 + stride * 10 + dilation)
+    c_in, c_out = 384, 352  # a weight over PACK_ELEMENTS, which is packed
+    weight, bias = torch.randn(c_out, c_in, kernel, generator=g) / 60, torch.randn(c_out, generator=g)
+    packed = streaming.pack_weight(weight, stride, dilation)
+    assert packed is not None and weight.numel() >= streaming.PACK_ELEMENTS
+    for t_out in (1, 5, 300, streaming.GEMM_STEPS + 37):
+        x = torch.randn(2, (t_out - 1) * stride + dilation * (kernel - 1) + 1, c_in, generator=g)
+        plain = streaming.time_major_conv(x, weight, bias, stride, dilation)
+        fast = streaming.time_major_conv(x, weight, bias, stride, dilation, packed)
+        assert fast.shape == plain.shape == (2, t_out, c_out)
+        if t_out >= streaming.GEMM_STEPS:
+            assert torch.equal(fast, plain)
+        else:
+            close(fast, plain)
+
+
+@needs_packing
+def test_streams_pack_the_weights_once_and_only_for_inference():
+    """A stream built for inference takes each wide conv's packed weight, derived once per model and weights (a
+    weight update packs anew); under autograd, which the packed conv does not carry, it takes none; pointwise and
+    small convs, whose reorder costs little, are never packed."""
+    torch.manual_seed(0)
+    wide, pointwise = nn.Conv1d(384, 384, 7, padding=3), nn.Conv1d(512, 512, 1)
+    upsampler = nn.ConvTranspose1d(256, 128, kernel_size=16, stride=8, padding=4)
+    with torch.inference_mode():
+        first = streaming.ConvStream.of(wide, streaming.Scratch()).packed
+        assert first is not None and streaming.ConvStream.of(wide, streaming.Scratch()).packed is first
+        assert streaming.ConvStream.of(pointwise, streaming.Scratch()).packed is None
+        assert streaming.ConvTransposeStream(upsampler, streaming.Scratch()).phases.packed is not None
+    with torch.no_grad():
+        wide.weight.mul_(2)
+        assert streaming.ConvStream.of(wide, streaming.Scratch()).packed is not first
+    assert streaming.ConvStream.of(wide, streaming.Scratch()).packed is None  # autograd on
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3, 4, 5, 8])

@@ -32,8 +32,13 @@ process: imports, weights, input and the call). The parent process never imports
 The table gives the median time of --repeats runs (runs are interleaved across implementations), the speed-up
 against the reference and the jemalloc reference (their time / time), the largest peak RSS of the runs, and the
 achieved GFLOP/s from the convolution work per second of audio in /work/shared/reference/FACTS.md, also as a share of
-the machine's convolution ceiling, measured first in a fresh process of its own (`--ceiling`: the best GFLOP/s of
-the decoder's main convolution shapes and a square matmul, same dtype and threads). No timing is asserted anywhere.
+the machine's two peaks, measured first in a fresh process of their own (`--ceiling`, same dtype and threads):
+- conv peak: the best GFLOP/s of the decoder's main convolution shapes, run as our model's streams run them
+  (channels-last conv2d over time-major input), on 4M-activation tiles: the floor of a convolution-bound codec here.
+- FMA peak: the best GFLOP/s of cache-resident square GEMMs (MKL's kernels are dense streams of fused multiply-adds,
+  as near the FMA units' peak as a library gets) and a 2048^2 matmul.
+The CPU's model and the flags that decide which kernels run (vector width, FMA, bf16 and AMX support) are printed
+with them, so that figures from different machines can be told apart. No timing is asserted anywhere.
 """
 
 from __future__ import annotations
@@ -61,10 +66,14 @@ IMPLS = ("ours", "ours+bf16", "reference", "reference+jemalloc", "transformers")
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-# Convolutions that the ceiling is measured on: (C_in, C_out, kernel, dilation, time steps), time-major, each a
+# Convolutions that the conv peak is measured on: (C_in, C_out, kernel, dilation, time steps), time-major, each a
 # 4M-element tile of the decoder, plus a square matmul.
 CEILING_CONVS = ((96, 96, 7, 1, 43690), (192, 192, 7, 9, 21845), (384, 384, 7, 3, 10922), (768, 768, 7, 1, 5461))
 CEILING_MATMUL = 2048
+FMA_GEMMS = (128, 256, 384)  # square GEMMs that stay in L2, repeated: the FMA peak
+# CPU flags that decide which kernels oneDNN and MKL run
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                "amx_int8", "avx_vnni", "asimd", "sve", "sve2", "bf16", "i8mm")
 OPS = ("encode", "decode")
 # sample rate, hop length, GFLOP per second of audio (encoder, decoder convolutions; FACTS.md)
 PRESET_INFO = {
@@ -286,9 +295,10 @@ def worker(spec: dict) -> dict:
 
 
 def ceiling(spec: dict) -> dict:
-    """The best GFLOP/s that torch reaches here, with this dtype and thread count, on CEILING_CONVS (as our model
-    runs them: channels-last conv2d over time-major input) and on a CEILING_MATMUL square matmul: the machine's
-    convolution ceiling that the achieved GFLOP/s are set against. Best of 5 calls each."""
+    """This machine's two peaks, with this dtype and thread count (best of 5 calls each): the conv peak on
+    CEILING_CONVS, run as our model's streams run them (channels-last conv2d over time-major input; at these
+    lengths the weight's per-call reorder costs nothing), and the FMA peak on FMA_GEMMS (each repeated 64 times
+    over L2-resident operands) and a CEILING_MATMUL square matmul."""
     import torch
     import torch.nn.functional as F
 
@@ -306,15 +316,42 @@ def ceiling(spec: dict) -> dict:
             times.append(time.perf_counter() - start)
         return flop / min(times) / 1e9
 
-    rates = {}
-    for c_in, c_out, kernel, dilation, steps in CEILING_CONVS:
-        x = torch.randn(1, steps + dilation * (kernel - 1), c_in, generator=generator).to(dtype)
-        w = torch.randn(c_out, c_in, 1, kernel, generator=generator).to(dtype)
-        run = lambda x=x, w=w, dilation=dilation: F.conv2d(x.transpose(1, 2).unsqueeze(2), w, None, 1, 0, (1, dilation))
-        rates[f"conv {c_in}->{c_out} k{kernel} d{dilation}"] = best(run, 2 * c_in * c_out * kernel * steps)
-    a, b = (torch.randn(CEILING_MATMUL, CEILING_MATMUL, generator=generator).to(dtype) for _ in range(2))
-    rates[f"matmul {CEILING_MATMUL}^2"] = best(lambda: a @ b, 2 * CEILING_MATMUL**3)
-    return {"gflops": max(rates.values()), "rates": rates}
+    conv, fma = {}, {}
+    with torch.inference_mode():
+        for c_in, c_out, kernel, dilation, steps in CEILING_CONVS:
+            x = torch.randn(1, steps + dilation * (kernel - 1), c_in, generator=generator).to(dtype)
+            w = (torch.randn(c_out, c_in, 1, kernel, generator=generator) / (c_in * kernel) ** 0.5).to(dtype)
+            run = lambda x=x, w=w, d=dilation: F.conv2d(x.transpose(1, 2).unsqueeze(2), w, None, 1, 0, (1, d))
+            conv[f"conv {c_in}->{c_out} k{kernel} d{dilation}"] = best(run, 2 * c_in * c_out * kernel * steps)
+        for n in FMA_GEMMS:
+            a, b, out = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(3))
+
+            def run(a=a, b=b, out=out):
+                for _ in range(64):
+                    torch.mm(a, b, out=out)
+
+            fma[f"gemm {n}^2"] = best(run, 64 * 2 * n**3)
+        a, b = (torch.randn(CEILING_MATMUL, CEILING_MATMUL, generator=generator).to(dtype) for _ in range(2))
+        fma[f"matmul {CEILING_MATMUL}^2"] = best(lambda: a @ b, 2 * CEILING_MATMUL**3)
+    return {"conv_gflops": max(conv.values()), "fma_gflops": max(fma.values()), "rates": {**conv, **fma},
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def cpu_info() -> dict:
+    """The CPU's model and its kernel-deciding flags, from /proc/cpuinfo (Linux; empty elsewhere)."""
+    fields: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return {"model": "unknown", "flags": []}
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    model = fields.get("model name") or fields.get("Model name") or fields.get("CPU part") or "unknown"
+    family = f"family {fields.get('cpu family')}, model {fields.get('model')}" if "cpu family" in fields else ""
+    return {"model": model, "family": family, "vendor": fields.get("vendor_id", ""),
+            "flags": [flag for flag in KERNEL_FLAGS if flag in flags]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,10 +427,10 @@ def main() -> None:
                 sys.exit(f"preparing {preset} failed: {checks[preset]['error']}")
             if not checks[preset]["same_codes"]:
                 print(f"WARNING: {preset}: the three implementations give different codes", file=sys.stderr)
-        print("measuring the convolution ceiling ...", file=sys.stderr, flush=True)
+        print("measuring the conv and FMA peaks ...", file=sys.stderr, flush=True)
         roof = spawn(__file__, "ceiling", {"dtype": args.dtype, "threads": args.threads}, temp / "hf_home")
         if "error" in roof:
-            sys.exit(f"measuring the ceiling failed: {roof['error']}")
+            sys.exit(f"measuring the peaks failed: {roof['error']}")
         for repeat in range(args.repeats):  # interleaved, so that drift in machine load hits every impl alike
             for preset, seconds, op, impl in points:
                 spec = dict(preset=preset, seconds=seconds, op=op, impl=impl, dtype=args.dtype,
@@ -420,7 +457,6 @@ def main() -> None:
             peak_rss_mb=max((r["peak_rss_mb"] for r in results if "peak_rss_mb" in r), default=None),
             call_peak_mb=max((r["call_peak_mb"] for r in results if "call_peak_mb" in r), default=None),
             gflops=PRESET_INFO[preset]["gflop"][op] * audio_seconds / median if median else None,
-            ceiling_gflops=roof["gflops"],
             threads=next((r["threads"] for r in results if "threads" in r), None),
         ))
     for row in rows:
@@ -430,17 +466,23 @@ def main() -> None:
             row[f"speedup_vs_{base}"] = time_s / row["median_s"] if time_s and row["median_s"] else None
 
     threads = next((r["threads"] for r in rows if r["threads"]), None)
+    cpu = cpu_info()
     print("\n| preset | audio | op | impl | dtype | median time (s) | vs reference | vs reference+jemalloc "
-          "| peak RSS (MB) | GFLOP/s | of ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS (MB) | GFLOP/s | of conv peak | of FMA peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         time_cell = fmt(r["median_s"]) if not r["error"] else f"error: {r['error']}"
-        same_dtype = r["dtype"] == args.dtype  # the ceiling is measured in --dtype
-        share = 100 * r["gflops"] / r["ceiling_gflops"] if r["gflops"] and same_dtype else None
+        same_dtype = r["dtype"] == args.dtype  # the peaks are measured in --dtype
+        share = {peak: 100 * r["gflops"] / roof[peak] if r["gflops"] and same_dtype else None
+                 for peak in ("conv_gflops", "fma_gflops")}
+        r.update(of_conv_peak=share["conv_gflops"], of_fma_peak=share["fma_gflops"])
         print(f"| {r['preset']} | {r['seconds']:g} s | {r['op']} | {r['impl']} | {r['dtype']} | {time_cell} | "
               f"{fmt(r['speedup_vs_reference'], 2, 'x')} | {fmt(r['speedup_vs_reference+jemalloc'], 2, 'x')} | "
-              f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['gflops'], 1)} | {fmt(share, 0, '%')} |")
-    print(f"\nconvolution ceiling: {roof['gflops']:.1f} GFLOP/s ({args.dtype}; best of "
+              f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['gflops'], 1)} | {fmt(share['conv_gflops'], 0, '%')} | "
+              f"{fmt(share['fma_gflops'], 0, '%')} |")
+    print(f"\nCPU: {cpu['model']} ({', '.join(x for x in (cpu['vendor'], cpu['family']) if x)}); torch's kernels: "
+          f"{roof['capability']}; flags: {' '.join(cpu['flags']) or 'none of ' + ' '.join(KERNEL_FLAGS)}")
+    print(f"conv peak {roof['conv_gflops']:.1f} GFLOP/s, FMA peak {roof['fma_gflops']:.1f} GFLOP/s ({args.dtype}; "
           + ", ".join(f"{name} {rate:.0f}" for name, rate in roof["rates"].items()) + ")")
     print(f"\nmedian of {args.repeats} fresh-process runs; {threads} torch threads; {os.cpu_count()} CPUs; "
           f"load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end; torch "
@@ -451,7 +493,7 @@ def main() -> None:
     print(f"command: {command_line()}")
     if args.json:
         meta = dict(command=command_line(), repeats=args.repeats, threads=threads, cpus=os.cpu_count(),
-                    load_average=[load_start, os.getloadavg()[0]], checks=checks, ceiling=roof)
+                    load_average=[load_start, os.getloadavg()[0]], checks=checks, peaks=roof, cpu=cpu)
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 

@@ -236,7 +236,8 @@ def test_the_report_page_loads_in_a_real_browser(run):
 def test_workers_give_the_rows_of_one_process(run, tmp_path):
     """Two CPU worker processes sharing the inputs (the original's measures alone, to keep it short): the same rows
     as the single-process run, the codes' counts exactly, the scores to float rounding (the processes run torch on
-    other thread counts)."""
+    other thread counts, whose oneDNN kernels sum in another order: audio a few ulps apart, which a log-ratio score
+    such as SI-SDR turns into up to ~2e-5 relative; 1e-4 allows for that, far below any real difference)."""
     root, args, _ = run
     assert main([*args[:-1], str(tmp_path / "out"), "--workers", "2", "--measures", "original", "--no-report"]) == 1
     ours, single = (pq.read_table(folder / "metrics.parquet").to_pylist() for folder in (tmp_path / "out",
@@ -246,4 +247,4 @@ def test_workers_give_the_rows_of_one_process(run, tmp_path):
     for a, b in zip(ours, single):
         for column, value in a.items():
             if isinstance(value, float):
-                assert value == pytest.approx(b[column], rel=1e-5, abs=1e-7), column
+                assert value == pytest.approx(b[column], rel=1e-4, abs=1e-7), column

@@ -35,8 +35,9 @@ achieved GFLOP/s from the convolution work per second of audio in /work/shared/r
 the machine's two peaks, measured first in a fresh process of their own (`--ceiling`, same dtype and threads):
 - conv peak: the best GFLOP/s of the decoder's main convolution shapes, run as our model's streams run them
   (channels-last conv2d over time-major input), on 4M-activation tiles: the floor of a convolution-bound codec here.
-- FMA peak: the best GFLOP/s of cache-resident square GEMMs (MKL's kernels are dense streams of fused multiply-adds,
-  as near the FMA units' peak as a library gets) and a 2048^2 matmul.
+- FMA peak: the best GFLOP/s of cache-resident GEMMs (MKL's square ones and oneDNN's pointwise convolutions: dense
+  streams of fused multiply-adds, as near the FMA units' peak as a library gets), a 2048^2 matmul and the conv
+  probes (MKL does not run every CPU's widest units; a rate that any kernel reaches, the FMA units reach).
 The CPU's model and the flags that decide which kernels run (vector width, FMA, bf16 and AMX support) are printed
 with them, so that figures from different machines can be told apart. No timing is asserted anywhere.
 """
@@ -70,7 +71,8 @@ JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 # 4M-element tile of the decoder, plus a square matmul.
 CEILING_CONVS = ((96, 96, 7, 1, 43690), (192, 192, 7, 9, 21845), (384, 384, 7, 3, 10922), (768, 768, 7, 1, 5461))
 CEILING_MATMUL = 2048
-FMA_GEMMS = (128, 256, 384)  # square GEMMs that stay in L2, repeated: the FMA peak
+FMA_GEMMS = (128, 256, 384)  # square GEMMs that stay in L2, repeated: the FMA peak (with the pointwise convs)
+FMA_POINTWISE = ((256, 2048), (512, 2048))  # (channels, time steps): L2-sized GEMMs run by oneDNN, not MKL
 # CPU flags that decide which kernels oneDNN and MKL run
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
                 "amx_int8", "avx_vnni", "asimd", "sve", "sve2", "bf16", "i8mm")
@@ -298,7 +300,10 @@ def ceiling(spec: dict) -> dict:
     """This machine's two peaks, with this dtype and thread count (best of 5 calls each): the conv peak on
     CEILING_CONVS, run as our model's streams run them (channels-last conv2d over time-major input; at these
     lengths the weight's per-call reorder costs nothing), and the FMA peak on FMA_GEMMS (each repeated 64 times
-    over L2-resident operands) and a CEILING_MATMUL square matmul."""
+    over L2-resident operands), FMA_POINTWISE (oneDNN's GEMMs, likewise) and a CEILING_MATMUL square matmul. The
+    FMA peak is the best rate of all of these and the conv probes: a kernel that reaches a rate shows that the FMA
+    units do, and MKL does not run every CPU's widest units (on an AMD Zen 5 its GEMMs reached 200 GFLOP/s, a
+    convolution 477)."""
     import torch
     import torch.nn.functional as F
 
@@ -331,9 +336,19 @@ def ceiling(spec: dict) -> dict:
                     torch.mm(a, b, out=out)
 
             fma[f"gemm {n}^2"] = best(run, 64 * 2 * n**3)
+        for channels, steps in FMA_POINTWISE:
+            x = torch.randn(1, steps, channels, generator=generator).to(dtype).transpose(1, 2).unsqueeze(2)
+            w = torch.randn(channels, channels, 1, 1, generator=generator).to(dtype)
+
+            def run(x=x, w=w):
+                for _ in range(64):
+                    F.conv2d(x, w)
+
+            fma[f"pointwise {channels}x{steps}"] = best(run, 64 * 2 * channels**2 * steps)
         a, b = (torch.randn(CEILING_MATMUL, CEILING_MATMUL, generator=generator).to(dtype) for _ in range(2))
         fma[f"matmul {CEILING_MATMUL}^2"] = best(lambda: a @ b, 2 * CEILING_MATMUL**3)
-    return {"conv_gflops": max(conv.values()), "fma_gflops": max(fma.values()), "rates": {**conv, **fma},
+    return {"conv_gflops": max(conv.values()), "fma_gflops": max(*fma.values(), *conv.values()),
+            "rates": {**conv, **fma},
             "capability": torch.backends.cpu.get_cpu_capability()}
 
 

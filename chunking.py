@@ -317,6 +317,7 @@ def stream_decode(decoder: nn.Module, chunks: Iterable[torch.Tensor]) -> Iterato
     stream, received, chunk = decoder.stream(), 0, None
     for chunk in chunks:
         received += chunk.shape[-1]
+        chunk = chunk.to(decoder.dtype)  # the quantizer's float32 latents
         for audio in stream.steps(chunk.transpose(1, 2).contiguous(), final=False):
             yield audio.transpose(1, 2)  # (B, t, 1) -> (B, 1, t)
     if not received:

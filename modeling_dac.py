@@ -126,6 +126,7 @@ class DacModel(PreTrainedModel):
     config_class = DacConfig
     base_model_prefix = "dac"
     main_input_name = "input_values"
+    _keep_in_fp32_modules_strict = ["quantizer"]  # it decides the codes (see `ResidualVectorQuantize`)
 
     def __init__(self, config: DacConfig):
         super().__init__(config)
@@ -697,4 +698,5 @@ class DecoderStepGraph(StepGraph):
         step, end, valid, position = self.advance(input_length, position)
         codes = torch.where(valid, audio_codes, audio_codes.new_zeros(()))  # flushes may pass anything
         clock = Clock(step, torch.where(end < 0, self.big, end), state, self.slots)
-        return torch.tanh(self.layers(self.quantizer.from_codes(codes), clock)), clock.next_state(), position
+        z_q = self.quantizer.from_codes(codes).to(next(self.layers.parameters()).dtype)  # float32 to the decoder's
+        return torch.tanh(self.layers(z_q, clock)), clock.next_state(), position

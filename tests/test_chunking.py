@@ -20,7 +20,7 @@ import pytest
 import soundfile
 import torch
 
-from dac_codec import chunking
+from dac_codec import DacModel, chunking
 from dac_codec.tools.random_weights import random_model
 
 from conftest import GEOMETRIES, DacConfig, assert_codes_match, tiny_model
@@ -415,6 +415,50 @@ def test_bfloat16_model_runs_close_to_float32(model):
     assert audio16.shape == reference.shape and audio16.dtype == torch.bfloat16
     error = (audio16.float() - reference).pow(2).sum() / reference.pow(2).sum()
     assert error < 10 ** (-20 / 10)  # SNR above 20 dB
+
+
+
+def test_decoder_alone_in_bfloat16_keeps_float32_codes():
+    """Only the decoder in bf16: codes and z_q are the float32 model's, bit for bit; every decode path takes the
+    quantizer's float32 latents and returns bf16 audio close to float32's (widths as in the test above)."""
+    import copy
+
+    model = tiny_model("44khz", encoder_dim=16)
+    audio = audio_of(20 * model.hop_length, seed=5)
+    z_q, codes = model.encode(audio, sample_rate=model.config.sampling_rate)
+    mixed = copy.deepcopy(model)
+    mixed.decoder.to(torch.bfloat16)
+    z_q16, codes16 = mixed.encode(audio, sample_rate=model.config.sampling_rate)
+    assert torch.equal(codes16, codes) and torch.equal(z_q16, z_q)
+    from_codes, from_latent = model.decode(s=codes), model.decode(zq=z_q)
+    streamed = torch.cat(list(mixed.decode_stream([codes[..., :7], codes[..., 7:]])), -1)
+    for decoded, reference in ((mixed.decode(s=codes), from_codes), (streamed, from_codes),
+                               (mixed.decode(zq=z_q, chunk_size=5), from_latent)):
+        assert decoded.dtype == torch.bfloat16 and decoded.shape == reference.shape
+        assert (decoded.float() - reference).pow(2).sum() / reference.pow(2).sum() < 10 ** (-20 / 10)  # 20 dB
+
+def test_quantizer_decides_codes_in_float32(model16, tmp_path):
+    """A bf16 or fp16 model keeps the quantizer's weights float32 (moved by `.to` or loaded with a dtype) and
+    quantizes in float32 under autocast too: its codes are the float32 quantizer's on the same latent, bit for bit.
+    Other dtypes convert it as asked."""
+    import copy
+
+    half = copy.deepcopy(model16).to(torch.bfloat16)
+    assert half.encoder.conv1.weight.dtype == half.decoder.dtype == torch.bfloat16
+    for (name, p16), p32 in zip(half.quantizer.named_parameters(), model16.quantizer.parameters()):
+        assert p16.dtype == torch.float32 and torch.equal(p16, p32), name
+    z = half.encoder(audio_of(20 * model16.hop_length, seed=6).bfloat16())
+    quantized = half.quantizer(z)
+    codes = quantized.codes
+    assert quantized.z_q.dtype == torch.bfloat16 and torch.equal(codes, model16.quantizer(z.float()).codes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(half.quantizer(z).codes, codes)
+        assert half.quantizer.from_codes(codes).dtype == torch.float32
+    model16.save_pretrained(tmp_path)
+    loaded = DacModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.decoder.dtype == torch.bfloat16
+    assert all(torch.equal(a, b) for a, b in zip(loaded.quantizer.parameters(), model16.quantizer.parameters()))
+    assert next(copy.deepcopy(model16).double().quantizer.parameters()).dtype == torch.float64
 
 
 # ----------------------------------------------------------------------------------------------------------------

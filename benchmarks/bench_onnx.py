@@ -41,8 +41,6 @@ def export(spec: dict) -> dict:
     """Exports our folder's model to spec["folder"]/onnx_export and measures the variants' agreement."""
     import numpy as np
     import onnxruntime
-    import soundfile
-    import soxr
     import torch
 
     from dac_codec import DacModel
@@ -54,11 +52,8 @@ def export(spec: dict) -> dict:
     graphs = export_onnx(model, folder / "onnx_export", int8=True)
     result = {"export_s": time.perf_counter() - start}
     rate = model.sampling_rate
-    speech, speech_rate = soundfile.read(ROOT / "samples" / "speech.flac", dtype="float32")
-    speech = torch.from_numpy(soxr.resample(speech, speech_rate, rate).astype(np.float32))
     n = num_samples(spec["preset"], 10.0)
-    signals = {"speech": speech.repeat(-(-n // speech.shape[-1]))[:n][None, None],
-               "music": bench_speed.make_audio(rate, n)}
+    signals = {"speech": bench_speed.speech_audio(rate, n), "music": bench_speed.make_audio(rate, n)}
     sessions = {(name, suffix): onnxruntime.InferenceSession(str(graphs / f"{name}{suffix}.onnx"))
                 for name in ("encoder_model", "decoder_model") for suffix in SUFFIX.values()}
 

@@ -9,7 +9,9 @@ What is measured, per preset, length, operation and implementation:
 - ours: `DacModel.encode(x, sample_rate=sr)` / `DacModel.decode(s=codes)` with the model's default chunk sizes, loaded
   from a converted folder with `AutoModel.from_pretrained(folder, trust_remote_code=True)`.
 - ours+bf16: the same, after `model.to(torch.bfloat16)`, with bf16 audio, whatever --dtype says: our reduced-precision
-  path beside the fp32 reference.
+  path beside the fp32 reference. With it, a fresh process (`--agreement`) also compares its codes with our float32
+  model's on 10 s of speech (samples/speech.flac) and of the music-like signal, and the audio that both decode from
+  the float32 codes (SNR).
 - reference (descript-audio-codec, `dac.model.DAC`): `encode(preprocess(x, sr))` /
   `decode(quantizer.from_codes(codes)[0])` under `torch.no_grad()`; the code-to-latent lookup is timed with decode, as
   ours and transformers' include it.
@@ -73,6 +75,7 @@ CEILING_CONVS = ((96, 96, 7, 1, 43690), (192, 192, 7, 9, 21845), (384, 384, 7, 3
 CEILING_MATMUL = 2048
 FMA_GEMMS = (128, 256, 384)  # square GEMMs that stay in L2, repeated: the FMA peak (with the pointwise convs)
 FMA_POINTWISE = ((256, 2048), (512, 2048))  # (channels, time steps): L2-sized GEMMs run by oneDNN, not MKL
+AGREEMENT_SECONDS = 10.0  # speech and music-like audio on which bf16 codes are compared with float32's
 # CPU flags that decide which kernels oneDNN and MKL run
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
                 "amx_int8", "avx_vnni", "asimd", "sve", "sve2", "bf16", "i8mm")
@@ -109,6 +112,18 @@ def make_audio(sample_rate: int, length: int, seed: int = SEED):
         noise = torch.randn(t.shape, generator=generator, dtype=torch.float64)
         audio[0, 0, start : start + t.shape[0]] = (0.4 * chirp + 0.3 * chord + 0.05 * noise).float()
     return audio
+
+
+def speech_audio(sample_rate: int, length: int):
+    """(1, 1, length) float32: samples/speech.flac at `sample_rate`, looped to `length` samples."""
+    import numpy as np
+    import soundfile
+    import soxr
+    import torch
+
+    speech, rate = soundfile.read(ROOT / "samples" / "speech.flac", dtype="float32")
+    speech = torch.from_numpy(soxr.resample(speech, rate, sample_rate).astype(np.float32))
+    return speech.repeat(-(-length // speech.shape[-1]))[:length][None, None]
 
 
 def transformers_model(ours):
@@ -177,6 +192,32 @@ def prepare(spec: dict) -> dict:
         p.name for p in (folder / "ours").glob("*.py"))))
     return {"same_codes": same, "transformers": transformers.__version__, "torch": torch.__version__,
             "model_code_sha256": code.hexdigest()[:12]}
+
+
+def agreement(spec: dict) -> dict:
+    """Our bf16 model (`model.to(torch.bfloat16)`) against our float32 one on AGREEMENT_SECONDS of speech and of
+    music-like audio: the share of codes equal (all, and of the first codebook) and the SNR of the bf16 decoding of
+    the float32 codes against their float32 decoding."""
+    import copy
+
+    import torch
+
+    from dac_codec import DacModel
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    fp32 = DacModel.from_pretrained(Path(spec["folder"]) / "ours")
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    rate, n = fp32.sampling_rate, num_samples(spec["preset"], AGREEMENT_SECONDS)
+    result = {}
+    for name, audio in (("speech", speech_audio(rate, n)), ("music", make_audio(rate, n))):
+        codes, codes16 = fp32.encode(audio, rate).codes, bf16.encode(audio, rate).codes
+        decoded, decoded16 = fp32.decode(s=codes), bf16.decode(s=codes).float()
+        snr = 10 * torch.log10(decoded.pow(2).sum() / (decoded16 - decoded).pow(2).sum())
+        result[name] = {"codes_equal": (codes16 == codes).float().mean().item(),
+                        "first_codebook_equal": (codes16[:, 0] == codes[:, 0]).float().mean().item(),
+                        "decoded_snr_db": snr.item()}
+    return result
 
 
 def _rss_mb(field: str) -> float:
@@ -393,8 +434,8 @@ def spawn(script: str, mode: str, spec: dict, home: Path, timeout: float | None 
 
 
 def worker_main(argv: list[str]) -> bool:
-    """Handles `--worker JSON`, `--prepare JSON` and `--ceiling JSON`; True if this process was one of them."""
-    modes = {"--worker": worker, "--prepare": prepare, "--ceiling": ceiling}
+    """Handles `--worker`, `--prepare`, `--ceiling` and `--agreement` JSON; True if this process was one of them."""
+    modes = {"--worker": worker, "--prepare": prepare, "--ceiling": ceiling, "--agreement": agreement}
     if len(argv) == 2 and argv[0] in modes:
         print(json.dumps(modes[argv[0]](json.loads(argv[1]))), flush=True)
         return True
@@ -442,6 +483,12 @@ def main() -> None:
                 sys.exit(f"preparing {preset} failed: {checks[preset]['error']}")
             if not checks[preset]["same_codes"]:
                 print(f"WARNING: {preset}: the three implementations give different codes", file=sys.stderr)
+        agree = {}
+        if "ours+bf16" in args.impls:
+            for preset in args.presets:
+                print(f"comparing {preset} bf16 codes with float32's ...", file=sys.stderr, flush=True)
+                agree[preset] = spawn(__file__, "agreement", {"preset": preset, "folder": str(temp / preset),
+                                                              "threads": args.threads}, temp / "hf_home")
         print("measuring the conv and FMA peaks ...", file=sys.stderr, flush=True)
         roof = spawn(__file__, "ceiling", {"dtype": args.dtype, "threads": args.threads}, temp / "hf_home")
         if "error" in roof:
@@ -505,10 +552,16 @@ def main() -> None:
           f"our model code (sha256 of the folder's .py files) {checks[args.presets[0]].get('model_code_sha256')}")
     print("same codes from the three implementations on 1 s: "
           + ", ".join(f"{p} {'yes' if c.get('same_codes') else 'NO'}" for p, c in checks.items()))
+    for preset, result in agree.items():
+        shown = result.get("error") or "; ".join(
+            f"{name}: {100 * r['codes_equal']:.2f}% of codes equal ({100 * r['first_codebook_equal']:.2f}% of the "
+            f"first codebook), decoded at {r['decoded_snr_db']:.1f} dB SNR" for name, r in result.items())
+        print(f"bf16 against float32, {preset}, {AGREEMENT_SECONDS:g} s: {shown}")
     print(f"command: {command_line()}")
     if args.json:
         meta = dict(command=command_line(), repeats=args.repeats, threads=threads, cpus=os.cpu_count(),
-                    load_average=[load_start, os.getloadavg()[0]], checks=checks, peaks=roof, cpu=cpu)
+                    load_average=[load_start, os.getloadavg()[0]], checks=checks, peaks=roof, cpu=cpu,
+                    bf16_agreement=agree)
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 

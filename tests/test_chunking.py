@@ -417,7 +417,6 @@ def test_bfloat16_model_runs_close_to_float32(model):
     assert error < 10 ** (-20 / 10)  # SNR above 20 dB
 
 
-
 def test_decoder_alone_in_bfloat16_keeps_float32_codes():
     """Only the decoder in bf16: codes and z_q are the float32 model's, bit for bit; every decode path takes the
     quantizer's float32 latents and returns bf16 audio close to float32's (widths as in the test above)."""
@@ -436,6 +435,7 @@ def test_decoder_alone_in_bfloat16_keeps_float32_codes():
                                (mixed.decode(zq=z_q, chunk_size=5), from_latent)):
         assert decoded.dtype == torch.bfloat16 and decoded.shape == reference.shape
         assert (decoded.float() - reference).pow(2).sum() / reference.pow(2).sum() < 10 ** (-20 / 10)  # 20 dB
+
 
 def test_quantizer_decides_codes_in_float32(model16, tmp_path):
     """A bf16 or fp16 model keeps the quantizer's weights float32 (moved by `.to` or loaded with a dtype) and

@@ -40,6 +40,10 @@ from torch.nn.utils import parametrize
 TILE_ELEMENTS = 1 << 22  # activations per tile and layer: 16 MB in fp32, in cache and off mmap
 GEMM_STEPS = 1024  # unpacked convs with fewer output steps per call run as one GEMM (see `time_major_conv`)
 PACK_ELEMENTS = 1 << 18  # weights at least this large (1 MB in fp32) are packed once (`pack_weight`)
+# Packing pays where torch's kernels are AVX-512: oneDNN then blocks fp32 weights the same way for every input
+# length. With AVX2 its block size follows the length, so a weight packed for a tile is reordered again, by a slow
+# generic reorder, on every shorter call (0.1 s for 1024 x 1024 x 3 on a Zen 4): 1.8x slower encoding at 44.1 kHz.
+PACK_WEIGHTS = torch.backends.cpu.get_cpu_capability() == "AVX512"
 Activation = Callable[..., torch.Tensor]  # activation(x, out=None): elementwise, time-major, into `out` if given
 
 
@@ -101,11 +105,12 @@ def time_major_conv(
 def pack_weight(weight: torch.Tensor, stride: int = 1, dilation: int = 1) -> Optional[torch.Tensor]:
     """`weight` (C_out, C_in, k) reordered once into the blocked layout that oneDNN's kernels for this CPU read (the
     CPU's vector width and ISA decide it), for `time_major_conv`; None where the reorder costs little (pointwise
-    or small weights, whose layout oneDNN may choose otherwise for short inputs) or oneDNN does not run it (another
-    device, no oneDNN, a dtype without a kernel here), and the conv then runs unpacked."""
+    or small weights, whose layout oneDNN may choose otherwise for short inputs), where the layout follows the
+    input's length (`PACK_WEIGHTS`) or oneDNN does not run it (another device, no oneDNN, a dtype without a kernel
+    here), and the conv then runs unpacked."""
     supported = weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16
                                                   and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if weight.shape[-1] == 1 or weight.numel() < PACK_ELEMENTS:
+    if not PACK_WEIGHTS or weight.shape[-1] == 1 or weight.numel() < PACK_ELEMENTS:
         return None
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not supported:
         return None

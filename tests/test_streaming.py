@@ -77,18 +77,32 @@ def test_conv_stream_equals_conv1d(kernel, stride, dilation, time_steps):
             close(run_stream(stream, x, rng, n_pieces, final_piece), expected)
 
 
-needs_packing = pytest.mark.skipif(streaming.pack_weight(torch.zeros(64, 64, 64)) is None,
-                                   reason="oneDNN does not run float32 convolutions here")
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN")
 
 
-@needs_packing
+@pytest.fixture
+def packing(monkeypatch):
+    """Weights packed whatever the CPU (`PACK_WEIGHTS` decides it from the CPU's vector ISA): both choices are
+    tested on every machine."""
+    monkeypatch.setattr(streaming, "PACK_WEIGHTS", True)
+
+
+def test_weights_are_packed_only_where_the_layout_does_not_follow_the_length(monkeypatch):
+    """With AVX-512 kernels the weights are packed; elsewhere the convs reorder their weights themselves."""
+    assert streaming.PACK_WEIGHTS == (torch.backends.cpu.get_cpu_capability() == "AVX512")
+    monkeypatch.setattr(streaming, "PACK_WEIGHTS", False)
+    assert streaming.pack_weight(torch.zeros(384, 384, 7)) is None
+
+
+@needs_onednn
 @torch.inference_mode()
 @pytest.mark.parametrize("kernel, stride, dilation", [(7, 1, 1), (7, 1, 9), (16, 8, 1), (2, 1, 1), (3, 1, 1)])
-def test_packed_weights_give_the_unpacked_conv(kernel, stride, dilation):
+def test_packed_weights_give_the_unpacked_conv(kernel, stride, dilation, packing):
     """A conv with its weight packed once (`pack_weight`) runs oneDNN's kernel of the unpacked conv on the same
     sums: bit-equal where the unpacked conv runs as a convolution (long outputs), and within the GEMM's rounding
-    (TOLERANCE) where it runs as one GEMM (short outputs). Packing depends on what the CPU reports; this holds
-    whatever layout it chose."""
+    (TOLERANCE) where it runs as one GEMM (short outputs). The packed layout depends on what the CPU reports; this
+    holds whatever layout it chose, also where packing is off by default (a packed weight of another length's layout
+    is reordered again)."""
     g = torch.Generator().manual_seed(kernel * 100 + stride * 10 + dilation)
     c_in, c_out = 384, 352  # a weight over PACK_ELEMENTS, which is packed
     weight, bias = torch.randn(c_out, c_in, kernel, generator=g) / 60, torch.randn(c_out, generator=g)
@@ -105,8 +119,8 @@ def test_packed_weights_give_the_unpacked_conv(kernel, stride, dilation):
             close(fast, plain)
 
 
-@needs_packing
-def test_streams_pack_the_weights_once_and_only_for_inference():
+@needs_onednn
+def test_streams_pack_the_weights_once_and_only_for_inference(packing):
     """A stream built for inference takes each wide conv's packed weight, derived once per model and weights (a
     weight update packs anew); under autograd, which the packed conv does not carry, it takes none; pointwise and
     small convs, whose reorder costs little, are never packed."""

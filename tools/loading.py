@@ -351,4 +351,12 @@ def resolve_device(device: Optional[str] = None, dtype: str = "float32") -> tupl
         raise ValueError(f"device {device!r} is not supported; give cpu, cuda or cuda:N.")
     if resolved.type == "cpu" and dtype == "float16":
         raise ValueError("float16 does not run on the CPU at any useful speed; give bfloat16 or float32.")
+    if resolved.type == "cpu" and dtype == "bfloat16" and not cpu_has_bfloat16():
+        raise ValueError("dtype bfloat16: this CPU has no bfloat16 kernels (they need AVX-512), and it runs about 4x "
+                         "slower than float32 here; give float32.")
     return resolved, DTYPES[dtype]
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions on this CPU; without, torch falls back to its generic loops."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()

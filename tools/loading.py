@@ -350,7 +350,8 @@ def resolve_device(device: Optional[str] = None, dtype: str = "float32") -> tupl
     elif resolved.type != "cpu":
         raise ValueError(f"device {device!r} is not supported; give cpu, cuda or cuda:N.")
     if resolved.type == "cpu" and dtype == "float16":
-        raise ValueError("float16 does not run on the CPU at any useful speed; give bfloat16 or float32.")
+        other = "bfloat16 or float32" if cpu_has_bfloat16() else "float32"
+        raise ValueError(f"float16 does not run on the CPU at any useful speed; give {other}.")
     if resolved.type == "cpu" and dtype == "bfloat16" and not cpu_has_bfloat16():
         raise ValueError("dtype bfloat16: this CPU has no bfloat16 kernels (they need AVX-512), and it runs about 4x "
                          "slower than float32 here; give float32.")

@@ -10,27 +10,10 @@ included, listens on all interfaces); the script checks that no server of its cl
 
 import os
 import sys
-from pathlib import Path
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # let cluster_utils start several nodes on one machine
 
-
-def listening() -> set[str]:
-    """Local addresses (hex, as the kernel writes them) of the TCP sockets listening in this network namespace."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":  # LISTEN
-                found.add(fields[1])
-    return found
-
-
-def loopback(address: str) -> bool:
-    ip = address.split(":")[0]
-    if len(ip) == 8:  # IPv4, little-endian: 127.x.y.z ends in 7F
-        return ip.endswith("7F")
-    return ip == "0" * 24 + "01000000" or (ip.startswith("0" * 16 + "FFFF0000") and ip.endswith("7F"))  # ::1, mapped
+from ray_local import listening, loopback  # noqa: E402
 
 
 def main() -> None:

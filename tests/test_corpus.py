@@ -20,6 +20,7 @@ import torch
 
 from dac_codec.tools import cli, corpus
 from dac_codec.tools.convert import write_model_folder
+from dac_codec.tools.corpus import ray_engine
 from dac_codec.tools.corpus.local import Readers
 from dac_codec.tools.corpus.sources import InputReader
 from dac_codec.tools.corpus.tokenizer import Tokenizer
@@ -300,6 +301,23 @@ def test_command_line(tree, many, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "x").exists()
 
 
+def run_child(command, timeout=300, env=None):
+    """`command`'s exit status and output; it and every process it started are killed if it outlives `timeout`."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, env=env)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    return process.returncode, out
+
+
+def without_loopback_setting():
+    return {k: v for k, v in os.environ.items() if k != ray_engine.LOOPBACK_ENV}
+
+
 def test_ray_engine_on_a_two_node_loopback_cluster_gives_the_local_rows(tree, many, tmp_path):
     """Two equal nodes on 127.0.0.1 (loopback only, checked), started and stopped by a child process under a
     timeout; the Ray run uses both nodes and resumes a folder whose first shard the local engine wrote."""
@@ -315,15 +333,8 @@ def test_ray_engine_on_a_two_node_loopback_cluster_gives_the_local_rows(tree, ma
         shutil.copy(tmp_path / "local" / name, tmp_path / "ray" / name)
     command = [sys.executable, str(Path(__file__).with_name("ray_two_nodes.py")), str(inputs), model,
                str(tmp_path / "ray"), "4"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        out, _ = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray nodes it started
-            process.wait(timeout=30)
-    assert process.returncode == 0, out[-3000:]
+    code, out = run_child(command)  # killed with the Ray nodes it started if it outlives the timeout
+    assert code == 0, out[-3000:]
     assert "shards done 3 skipped 1" in out
     assert "actors 2 of {'num_cpus': 1} on 2 nodes" in out  # one a node: each node keeps a CPU for reading
     assert "refused: 3 CPU actors do not fit the cluster's nodes (2 CPUs, 2 CPUs; 1 CPU of each left for reading): " \
@@ -331,6 +342,45 @@ def test_ray_engine_on_a_two_node_loopback_cluster_gives_the_local_rows(tree, ma
     assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local")
     assert any(row["error"] for row in rows_of(tmp_path / "ray"))
 
+
+
+def test_a_local_ray_instance_listens_on_loopback_alone(tree, many, tmp_path):
+    """With no address, `tokenize` starts a Ray instance of its own: its servers run whatever code they are sent,
+    so none may listen beyond loopback (checked while it runs, in a child under a timeout), and its rows are the
+    local engine's."""
+    pytest.importorskip("ray", reason="the Ray engine: requirements-ray.txt")
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for clip in sorted(many.iterdir())[:5]:
+        shutil.copy(clip, inputs / clip.name)
+    model = str(tree / "model")
+    corpus.tokenize(corpus.Corpus.open(str(inputs)), tmp_path / "local", model, shard_size=4, readers=0,
+                    progress=False)
+    command = [sys.executable, str(Path(__file__).with_name("ray_local.py")), str(inputs), model, str(tmp_path / "ray")]
+    code, out = run_child(command, env=without_loopback_setting())
+    assert code == 0, out[-3000:]
+    assert "shards done 2 on 1 node at 127.0.0.1" in out
+    rows = json.loads(out.strip().splitlines()[-1])
+    assert rows == [[row["id"], row["codes"]] for row in rows_of(tmp_path / "local")]
+
+
+def test_a_local_ray_instance_that_would_listen_on_the_network_is_refused():
+    """Imported before the engine could keep it on loopback, ray would start a local instance at the machine's
+    network address: the engine refuses in one line, before starting anything (where the machine has no network
+    address, the instance stays on loopback and nothing is refused)."""
+    pytest.importorskip("ray", reason="the Ray engine: requirements-ray.txt")
+    script = ("import ray\n"
+              "from dac_codec.tools.corpus.ray_engine import check_cluster\n"
+              "print('node', ray.util.get_node_ip_address())\n"
+              "try:\n    check_cluster(None)\nexcept ValueError as error:\n    print('refused:', error)\n"
+              "print('started', ray.is_initialized())\n")
+    code, out = run_child([sys.executable, "-c", script], timeout=120, env=without_loopback_setting())
+    assert code == 0, out[-3000:]
+    node = out.split("node ", 1)[1].split()[0]
+    refused = f"refused: A local Ray instance would listen at {node}, open to the network: set " \
+              f"{ray_engine.LOOPBACK_ENV}=0 before ray is imported, or start a cluster and give --ray-address."
+    assert (refused in out) == (node != "127.0.0.1"), out
+    assert "started False" in out
 
 ACTOR_PLANS = {  # nodes (CPUs, GPUs), --workers: (actors, resources of each), or what the refusal says
     "two equal nodes": ([(2, 0), (2, 0)], None, (2, {"num_cpus": 1})),

@@ -11,7 +11,9 @@ total: a request that no node can hold would wait forever.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,21 +31,35 @@ from .tokenizer import Report, Tokenizer
 CONNECT_TIMEOUT_S = 5.0  # an address that does not answer within this is reported, not retried for minutes
 ACTORS_START_TIMEOUT_S = 300  # the actors' models loaded, or Ray Data gives up (they were sized to fit the nodes)
 RESERVED_CPUS = 1  # per node, for the read tasks: actors that hold every CPU leave reading none, and the job waits
+LOCAL = (None, "local")  # addresses at which this process starts a Ray instance of its own
+# Ray binds a local instance's servers, which run whatever code they are sent, to the machine's network address
+# unless this is "0" when ray is imported: then the node's address is 127.0.0.1 and they listen on loopback alone.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def check_cluster(address: Optional[str]) -> None:
-    """Ray is installed and the cluster at `address` (host:port, or ray://host:port; None or "auto": local) answers.
+    """Ray is installed and the cluster at `address` (host:port, or ray://host:port; "auto": the one this machine
+    runs) answers; for None or "local", that the instance `tokenize_ray` will start listens on loopback alone.
 
     Raises:
         ImportError: Ray is not installed (with the pip command).
-        ValueError: Nothing answers at `address` within CONNECT_TIMEOUT_S.
+        ValueError: Nothing answers at `address` within CONNECT_TIMEOUT_S, or a local instance would listen on the
+            network (ray was imported, without LOOPBACK_ENV, before this was called).
     """
+    if address in LOCAL and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")  # the instance `tokenize_ray` starts listens on loopback alone
     try:
-        import ray  # noqa: F401
+        import ray
         from ray.data import ActorPoolStrategy  # noqa: F401
     except ImportError:
         raise ImportError('The Ray engine needs Ray Data: pip install "dac-codec[ray]".') from None
-    if address in (None, "auto", "local"):
+    if address in LOCAL:
+        node = ray.util.get_node_ip_address()  # the address a local instance would listen at
+        if not ray.is_initialized() and node != "127.0.0.1":
+            raise ValueError(f"A local Ray instance would listen at {node}, open to the network: set {LOOPBACK_ENV}=0 "
+                             "before ray is imported, or start a cluster and give --ray-address.")
+        return
+    if address == "auto":
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():

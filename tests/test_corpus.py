@@ -343,7 +343,6 @@ def test_ray_engine_on_a_two_node_loopback_cluster_gives_the_local_rows(tree, ma
     assert any(row["error"] for row in rows_of(tmp_path / "ray"))
 
 
-
 def test_a_local_ray_instance_listens_on_loopback_alone(tree, many, tmp_path):
     """With no address, `tokenize` starts a Ray instance of its own: its servers run whatever code they are sent,
     so none may listen beyond loopback (checked while it runs, in a child under a timeout), and its rows are the
@@ -381,6 +380,7 @@ def test_a_local_ray_instance_that_would_listen_on_the_network_is_refused():
               f"{ray_engine.LOOPBACK_ENV}=0 before ray is imported, or start a cluster and give --ray-address."
     assert (refused in out) == (node != "127.0.0.1"), out
     assert "started False" in out
+
 
 ACTOR_PLANS = {  # nodes (CPUs, GPUs), --workers: (actors, resources of each), or what the refusal says
     "two equal nodes": ([(2, 0), (2, 0)], None, (2, {"num_cpus": 1})),

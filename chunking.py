@@ -35,15 +35,19 @@ from typing import Iterable, Iterator, Optional
 import torch
 from torch import nn
 
+from .streaming import PACK_WEIGHTS
+
 # Batched windows: the widest activation of one batch, 1 GiB in fp32; chunks at least this many times their
 # receptive-field context, so that recomputing the context costs at most a quarter more.
 BATCH_ELEMENTS = 1 << 28
 MIN_CHUNK_OVER_CONTEXT = 4
 QUANTIZE_FRAMES = 1024  # latent frames that `encode` quantizes at once: the quantizer's small projections want width
 # On the CPU, a signal whose widest activation stays below this runs as one plain pass (the batched-windows path,
-# one window): a stream's per-step work costs more than such a signal's convolutions (2x at 0.5 s; even at 3 s of
-# 16 kHz or 1 s of 44.1 kHz audio encoding, where streams win beyond).
-ONE_PASS_ELEMENTS = 3 << 20
+# one window): a stream's per-step work costs more than such a signal's convolutions. Where the streams' weights are
+# packed once (`PACK_WEIGHTS`, AVX-512) that work is small and streams win from about 1M elements (on a Zen 5,
+# 1.15-1.3x faster encoding of 0.75-1 s at 44.1 kHz and 1.5-3 s at 16 kHz); unpacked, only from about 3M (1 s at
+# 44.1 kHz), below which they run 0.6-0.9x as fast as the plain pass.
+ONE_PASS_ELEMENTS = 1 << 20 if PACK_WEIGHTS else 3 << 20
 PACK_BATCHES = 8  # many signals on an accelerator: gather enough of them to fill this many full batches
 
 # How a call runs: `choose_strategy` decides for every path of the model (encode, decode, padded batches, many

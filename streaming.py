@@ -106,13 +106,12 @@ def pack_weight(weight: torch.Tensor, stride: int = 1, dilation: int = 1) -> Opt
     """`weight` (C_out, C_in, k) reordered once into the blocked layout that oneDNN's kernels for this CPU read (the
     CPU's vector width and ISA decide it), for `time_major_conv`; None where the reorder costs little (pointwise
     or small weights, whose layout oneDNN may choose otherwise for short inputs), where the layout follows the
-    input's length (`PACK_WEIGHTS`) or oneDNN does not run it (another device, no oneDNN, a dtype without a kernel
-    here), and the conv then runs unpacked."""
-    supported = weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16
-                                                  and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if not PACK_WEIGHTS or weight.shape[-1] == 1 or weight.numel() < PACK_ELEMENTS:
+    input's length (`PACK_WEIGHTS`; bfloat16 weights everywhere: a bf16 weight packed for a tile is reordered again
+    on every shorter call, 4x slower decoding of 1 s at 44.1 kHz on a Zen 5) or oneDNN does not run it (another
+    device, no oneDNN), and the conv then runs unpacked."""
+    if not PACK_WEIGHTS or weight.dtype != torch.float32 or weight.shape[-1] == 1 or weight.numel() < PACK_ELEMENTS:
         return None
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not supported:
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return None
     c_in = weight.shape[1]
     with torch.no_grad():  # the layout is chosen for a tile's length of input (`Pipeline`)

@@ -88,8 +88,11 @@ def packing(monkeypatch):
 
 
 def test_weights_are_packed_only_where_the_layout_does_not_follow_the_length(monkeypatch):
-    """With AVX-512 kernels the weights are packed; elsewhere the convs reorder their weights themselves."""
+    """With AVX-512 kernels float32 weights are packed; bfloat16 ones never (their layout follows the length too);
+    elsewhere the convs reorder their weights themselves."""
     assert streaming.PACK_WEIGHTS == (torch.backends.cpu.get_cpu_capability() == "AVX512")
+    monkeypatch.setattr(streaming, "PACK_WEIGHTS", True)
+    assert streaming.pack_weight(torch.zeros(384, 384, 7, dtype=torch.bfloat16)) is None
     monkeypatch.setattr(streaming, "PACK_WEIGHTS", False)
     assert streaming.pack_weight(torch.zeros(384, 384, 7)) is None
 

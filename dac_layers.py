@@ -136,7 +136,7 @@ class Encoder(nn.Module):
 
     def stream(self) -> Pipeline:
         """A fresh stream of `forward`: time-major audio (batch, t, 1) -> latent frames (batch, n, latent_dim)."""
-        scratch = Scratch()
+        scratch = Scratch.of_thread()
         return Pipeline([
             (ConvStream.of(self.conv1, scratch), self.conv1.out_channels),  # 1 -> dim channels a sample
             *((block.stream(scratch), 1) for block in self.block),  # C * 2, T / stride
@@ -208,7 +208,7 @@ class Decoder(nn.Module):
 
     def stream(self) -> Pipeline:
         """A fresh stream of `forward`: time-major latent frames (batch, n, latent_dim) -> audio (batch, t, 1)."""
-        scratch = Scratch()
+        scratch = Scratch.of_thread()
         return Pipeline([
             (ConvStream.of(self.conv1, scratch), self.conv1.out_channels / self.conv1.in_channels),
             *((block.stream(scratch), block.conv_t1.stride[0] / 2) for block in self.block),  # T * stride, C / 2

@@ -32,7 +32,8 @@ Every measurement runs in a fresh process (`--worker`): load the model, build th
 process: imports, weights, input and the call). The parent process never imports torch: a child started by
 `subprocess` inherits the parent's ru_maxrss through exec, so a parent holding models would inflate every reading.
 The table gives the median time of --repeats runs (runs are interleaved across implementations), the speed-up
-against the reference and the jemalloc reference (their time / time), the largest peak RSS of the runs, and the
+against the reference and the jemalloc reference (their time / time), the largest peak RSS of the runs, the median
+count of page faults in the timed call (fresh memory costs one per 4 KB; in a VM each can cost microseconds), and the
 achieved GFLOP/s from the convolution work per second of audio in /work/shared/reference/FACTS.md, also as a share of
 the machine's two peaks, measured first in a fresh process of their own (`--ceiling`, same dtype and threads):
 - conv peak: the best GFLOP/s of the decoder's main convolution shapes, run as our model's streams run them
@@ -325,9 +326,12 @@ def worker(spec: dict) -> dict:
             peak_before = _maxrss_mb()
             with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM, to read the timed call's own peak
                 f.write("5")
-            start = time.perf_counter()
+            usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             output = run(full)
             result["time_s"] = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_SELF)  # fresh memory costs a page fault per 4 KB
+            result["page_faults"] = after.ru_minflt - usage.ru_minflt
+            result["system_s"] = after.ru_stime - usage.ru_stime
         result["call_peak_mb"] = _rss_mb("VmHWM")
         result["peak_rss_mb"] = max(peak_before, _maxrss_mb())
         result["output_shape"] = list(output.shape)
@@ -499,7 +503,8 @@ def main() -> None:
                             threads=args.threads, folder=str(temp / preset))
                 result = spawn(__file__, "worker", spec, temp / "hf_home", args.timeout)
                 runs[(preset, seconds, op, impl)].append(result)
-                shown = result.get("error") or f"{result['time_s']:.2f} s, {result['peak_rss_mb']:.0f} MB"
+                shown = result.get("error") or (f"{result['time_s']:.2f} s, {result['peak_rss_mb']:.0f} MB, "
+                                                f"{result['page_faults']} page faults")
                 print(f"[{repeat + 1}/{args.repeats}] {preset} {seconds:g}s {op} {impl}: {shown}",
                       file=sys.stderr, flush=True)
     finally:
@@ -518,6 +523,8 @@ def main() -> None:
             times_s=times, median_s=median, error=errors[0] if errors else None,
             peak_rss_mb=max((r["peak_rss_mb"] for r in results if "peak_rss_mb" in r), default=None),
             call_peak_mb=max((r["call_peak_mb"] for r in results if "call_peak_mb" in r), default=None),
+            page_faults=statistics.median(r["page_faults"] for r in results if "page_faults" in r) if times else None,
+            system_s=statistics.median(r["system_s"] for r in results if "system_s" in r) if times else None,
             gflops=PRESET_INFO[preset]["gflop"][op] * audio_seconds / median if median else None,
             threads=next((r["threads"] for r in results if "threads" in r), None),
         ))
@@ -530,8 +537,8 @@ def main() -> None:
     threads = next((r["threads"] for r in rows if r["threads"]), None)
     cpu = cpu_info()
     print("\n| preset | audio | op | impl | dtype | median time (s) | vs reference | vs reference+jemalloc "
-          "| peak RSS (MB) | GFLOP/s | of conv peak | of FMA peak |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS (MB) | page faults | GFLOP/s | of conv peak | of FMA peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         time_cell = fmt(r["median_s"]) if not r["error"] else f"error: {r['error']}"
         same_dtype = r["dtype"] == args.dtype  # the peaks are measured in --dtype
@@ -540,8 +547,8 @@ def main() -> None:
         r.update(of_conv_peak=share["conv_gflops"], of_fma_peak=share["fma_gflops"])
         print(f"| {r['preset']} | {r['seconds']:g} s | {r['op']} | {r['impl']} | {r['dtype']} | {time_cell} | "
               f"{fmt(r['speedup_vs_reference'], 2, 'x')} | {fmt(r['speedup_vs_reference+jemalloc'], 2, 'x')} | "
-              f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['gflops'], 1)} | {fmt(share['conv_gflops'], 0, '%')} | "
-              f"{fmt(share['fma_gflops'], 0, '%')} |")
+              f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['page_faults'], 0)} | {fmt(r['gflops'], 1)} | "
+              f"{fmt(share['conv_gflops'], 0, '%')} | {fmt(share['fma_gflops'], 0, '%')} |")
     print(f"\nCPU: {cpu['model']} ({', '.join(x for x in (cpu['vendor'], cpu['family']) if x)}); torch's kernels: "
           f"{roof['capability']}; flags: {' '.join(cpu['flags']) or 'none of ' + ' '.join(KERNEL_FLAGS)}")
     print(f"conv peak {roof['conv_gflops']:.1f} GFLOP/s, FMA peak {roof['fma_gflops']:.1f} GFLOP/s ({args.dtype}; "

@@ -9,6 +9,7 @@ rounding then differs by a few ulps.
 
 import math
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -188,6 +189,36 @@ def test_pipeline_tiles_do_not_change_the_result():
         stream = model.decoder.stream()
         stream.budget = budget
         close(torch.cat([*stream.steps(z[:, :17], final=False), *stream.steps(z[:, 17:], final=True)], 1), expected)
+
+
+@torch.no_grad()
+def test_streams_of_a_thread_share_its_scratch_even_interleaved():
+    """A thread's streams write their windows into its one scratch, which outlives them (a call reuses the last
+    call's memory, no page faults); two streams stepped in turn still give what each gives alone, since no window
+    outlives its conv's step. Another thread has its own scratch; each dtype keeps its own buffer in it."""
+    model = tiny_model("44khz")
+    g = torch.Generator().manual_seed(5)
+    signals = [torch.randn(1, 40, model.config.latent_dim, generator=g) for _ in range(2)]
+    streams = [model.decoder.stream(), model.decoder.stream()]
+    outputs = [[], []]
+    for start in range(0, 40, 7):
+        for output, stream, z in zip(outputs, streams, signals):
+            output.extend(stream.steps(z[:, start : start + 7], final=start + 7 >= 40))
+    for output, z in zip(outputs, signals):
+        close(torch.cat(output, dim=1), model.decoder(z.transpose(1, 2)).transpose(1, 2))
+
+    scratch = streaming.Scratch.of_thread()
+    assert all(stream.stages[0][0].scratch is scratch for stream in streams)
+    assert scratch.memory  # the windows were taken from it
+    other = []
+    thread = threading.Thread(target=lambda: other.append(streaming.Scratch.of_thread()))
+    thread.start()
+    thread.join(timeout=30)
+    assert other and other[0] is not scratch
+    floats = scratch.take((3, 4), torch.zeros(1))
+    halves = scratch.take((3, 4), torch.zeros(1, dtype=torch.bfloat16))
+    assert (floats.dtype, halves.dtype) == (torch.float32, torch.bfloat16)
+    assert scratch.take((2, 5), torch.zeros(1)).data_ptr() == floats.data_ptr()  # bf16 did not evict float32
 
 
 def torch_step(graph):

@@ -42,12 +42,14 @@ from .streaming import PACK_WEIGHTS
 BATCH_ELEMENTS = 1 << 28
 MIN_CHUNK_OVER_CONTEXT = 4
 QUANTIZE_FRAMES = 1024  # latent frames that `encode` quantizes at once: the quantizer's small projections want width
-# On the CPU, a signal whose widest activation stays below this runs as one plain pass (the batched-windows path,
-# one window): a stream's per-step work costs more than such a signal's convolutions. Where the streams' weights are
-# packed once (`PACK_WEIGHTS`, AVX-512) that work is small and streams win from about 1M elements (on a Zen 5,
-# 1.15-1.3x faster encoding of 0.75-1 s at 44.1 kHz and 1.5-3 s at 16 kHz); unpacked, only from about 3M (1 s at
-# 44.1 kHz), below which they run 0.6-0.9x as fast as the plain pass.
-ONE_PASS_ELEMENTS = 1 << 20 if PACK_WEIGHTS else 3 << 20
+# On the CPU, a signal whose widest activation stays below this (by direction) runs as one plain pass (the
+# batched-windows path, one window): a stream's per-step work costs more than such a signal's convolutions. Where the
+# streams' weights are packed once (`PACK_WEIGHTS`, AVX-512) that work is small: on a Zen 5 encoding streams win
+# from about 0.5M elements (1.3x faster at 1 s of 16 kHz, 1.1x at 0.25 s of 44.1 kHz, 0.9x at 0.5 s of 16 kHz: a
+# plain pass page-faults in its fresh activations, a stream reuses its thread's scratch), decoding from about 1M
+# (0.9x at 0.5 s of 16 kHz, 1.1x at 0.5 s of 44.1 kHz). Unpacked, both only from about 3M (1 s at 44.1 kHz), below
+# which they run 0.6-0.9x as fast as the plain pass.
+ONE_PASS_ELEMENTS = {"encode": 1 << 19, "decode": 1 << 20} if PACK_WEIGHTS else {"encode": 3 << 20, "decode": 3 << 20}
 PACK_BATCHES = 8  # many signals on an accelerator: gather enough of them to fill this many full batches
 
 # How a call runs: `choose_strategy` decides for every path of the model (encode, decode, padded batches, many
@@ -58,9 +60,11 @@ EACH = "each"  # many signals one at a time, each as it would run alone
 PACKED = "packed"  # many signals' windows in shared batches
 
 
-def choose_strategy(device_type: str, widest: int = 0, chunk_given: bool = False, signals: int = 1) -> str:
+def choose_strategy(device_type: str, widest: int = 0, chunk_given: bool = False, signals: int = 1,
+                    direction: str = "encode") -> str:
     """The strategy for `signals` signals on a device of `device_type` ("cpu", "cuda", ...), whose widest
-    activation holds `widest` elements (one signal), with a chunk size given by the caller or not.
+    activation holds `widest` elements (one signal), with a chunk size given by the caller or not, to encode or
+    decode (`direction`).
 
     On the CPU a long signal, or one given a chunk size, streams (a short one runs as one plain pass: a stream's
     per-step work costs more than its convolutions), and many signals run one at a time; on an accelerator, where one
@@ -68,7 +72,7 @@ def choose_strategy(device_type: str, widest: int = 0, chunk_given: bool = False
     """
     if signals > 1:
         return EACH if device_type == "cpu" else PACKED
-    if device_type == "cpu" and (chunk_given or widest > ONE_PASS_ELEMENTS):
+    if device_type == "cpu" and (chunk_given or widest > ONE_PASS_ELEMENTS[direction]):
         return STREAM
     return WINDOWS
 

@@ -328,7 +328,7 @@ class DacModel(PreTrainedModel):
             return torch.cat([decode_unpadded(self.decoder, z_q) for z_q in latents.chunks(chunk_frames)], dim=-1)
         widest = latents.batch * latents.frames * self.geometry.decoder_width
         given = chunk_size is not None
-        if choose_strategy(self.device.type, widest, given) == STREAM:
+        if choose_strategy(self.device.type, widest, given, direction="decode") == STREAM:
             return decode_streamed(self.decoder, latents, chunk_frames, self.geometry)
         return decode_windows(self.decoder, latents, chunk_frames if given else None, self.geometry)
 

@@ -18,6 +18,8 @@ What is measured, per preset, length, operation and implementation:
 - reference+jemalloc: the reference with jemalloc preloaded (LD_PRELOAD, MALLOC_CONF=dirty_decay_ms:-1,
   muzzy_decay_ms:-1), the fastest it gets without code changes: without it the reference spends much of its time
   page-faulting fresh memory for every layer. Skipped (with a note) where no libjemalloc.so.2 is installed.
+- ours+jemalloc: ours likewise (not run by default): what glibc's malloc costs our calls, whose convolutions still
+  allocate their outputs (a 10 s encode at 44.1 kHz page-faults ~150k times under glibc).
 - transformers: `DacModel.encode(x).audio_codes` / `DacModel.decode(audio_codes=codes).audio_values` under no_grad.
 
 Same weights: a full-size reference model with a fixed seed and perturbed alphas, biases and weight-norm gains
@@ -27,10 +29,11 @@ of audio (a warning is printed otherwise). Same input: a deterministic chirp + c
 frames so that transformers (which does not pad) gets exactly the samples the others get. Decode input: the codes that
 OUR model gives for that same audio, computed once per preset and length before the timed runs and saved to a temp file.
 
-Every measurement runs in a fresh process (`--worker`): load the model, build the input, one untimed warm-up call on
-1 s, then ONE timed call. The worker reports wall time and peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`, the whole
-process: imports, weights, input and the call). The parent process never imports torch: a child started by
-`subprocess` inherits the parent's ru_maxrss through exec, so a parent holding models would inflate every reading.
+Every measurement runs in a fresh process (`--worker`): load the model, build the input, two untimed warm-up calls
+on 1 s (WARMUP_CALLS: the allocator settles), then ONE timed call. The worker reports wall time and peak RSS
+(`getrusage(RUSAGE_SELF).ru_maxrss`, the whole process: imports, weights, input and the call). The parent process
+never imports torch: a child started by `subprocess` inherits the parent's ru_maxrss through exec, so a parent
+holding models would inflate every reading.
 The table gives the median time of --repeats runs (runs are interleaved across implementations), the speed-up
 against the reference and the jemalloc reference (their time / time), the largest peak RSS of the runs, the median
 count of page faults in the timed call (fresh memory costs one per 4 KB; in a VM each can cost microseconds), and the
@@ -65,7 +68,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
 WARMUP_SECONDS = 1.0
-IMPLS = ("ours", "ours+bf16", "reference", "reference+jemalloc", "transformers")
+# Two: glibc's malloc serves large blocks from fresh mappings until it has freed some, so a process's second call
+# still page-faults its memory in (a 1 s encode at 44.1 kHz: 8k faults on the second call, none from the third).
+WARMUP_CALLS = 2
+IMPLS = ("ours", "ours+bf16", "ours+jemalloc", "reference", "reference+jemalloc", "transformers")
 # The reference with jemalloc preloaded and its decay off: the fastest the reference gets without code changes.
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
@@ -241,7 +247,7 @@ def _load(spec: dict, dtype):
     folder, impl = Path(spec["folder"]), spec["impl"]
     sample_rate = PRESET_INFO[spec["preset"]]["sample_rate"]
     chunk = spec.get("chunk")  # ours only: None = the model's default, 0 = no chunking
-    if impl in ("ours", "ours+bf16"):
+    if impl in ("ours", "ours+bf16", "ours+jemalloc"):
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(folder / "ours", trust_remote_code=True).to(dtype)
@@ -307,7 +313,8 @@ def _inputs(spec: dict, dtype):
 
 
 def worker(spec: dict) -> dict:
-    """One measurement in this (fresh) process: load, build the input, warm up on 1 s, time one call."""
+    """One measurement in this (fresh) process: load, build the input, warm up on 1 s (WARMUP_CALLS calls), time
+    one call."""
     import torch
 
     if spec.get("threads"):
@@ -322,7 +329,8 @@ def worker(spec: dict) -> dict:
         full, warm = _inputs(spec, dtype)
         result["rss_loaded_mb"] = _rss_mb("VmRSS")  # weights and input resident, before any call
         with torch.no_grad():
-            run(warm)
+            for _ in range(WARMUP_CALLS):
+                run(warm)
             peak_before = _maxrss_mb()
             with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM, to read the timed call's own peak
                 f.write("5")
@@ -423,7 +431,7 @@ def jemalloc() -> str | None:
 def spawn(script: str, mode: str, spec: dict, home: Path, timeout: float | None = None) -> dict:
     """Runs `python script --<mode> JSON` in a fresh process and returns the JSON it prints last."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(home)}
-    if spec.get("impl") == "reference+jemalloc":
+    if spec.get("impl", "").endswith("+jemalloc"):
         env.update(LD_PRELOAD=jemalloc(), MALLOC_CONF=JEMALLOC_CONF)
     command = [sys.executable, script, f"--{mode}", json.dumps(spec)]
     try:
@@ -460,7 +468,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["44khz"], choices=list(PRESET_INFO))
     parser.add_argument("--seconds", nargs="+", type=float, default=[10.0], help="audio length(s); e.g. 10 60")
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--impls", nargs="+", default=[i for i in IMPLS if i != "ours+jemalloc"], choices=IMPLS)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="weights and audio of every implementation (codes stay int64)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's")
@@ -468,9 +476,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a worker is given up")
     parser.add_argument("--json", help="also write the results as JSON to this path")
     args = parser.parse_args()
-    if "reference+jemalloc" in args.impls and not jemalloc():
-        print("skipping reference+jemalloc: no libjemalloc.so.2 (apt install libjemalloc2)", file=sys.stderr)
-        args.impls.remove("reference+jemalloc")
+    for impl in [impl for impl in args.impls if impl.endswith("+jemalloc")] if not jemalloc() else []:
+        print(f"skipping {impl}: no libjemalloc.so.2 (apt install libjemalloc2)", file=sys.stderr)
+        args.impls.remove(impl)
 
     points = [(p, s, o, i) for p in args.presets for s in args.seconds for o in args.ops for i in args.impls]
     runs = {point: [] for point in points}

@@ -182,7 +182,7 @@ def test_short_signals_run_as_one_pass_on_the_cpu_with_the_streams_results(model
     decoded = model.decode(s=one_pass.codes)
     streamed = model.encode(audio, sample_rate=rate, chunk_size_in_sec=0.5)
     assert calls == ["encode_windows", "decode_windows", "encode_streamed"]
-    monkeypatch.setattr(chunking, "ONE_PASS_ELEMENTS", 0)  # every signal above it: streams
+    monkeypatch.setattr(chunking, "ONE_PASS_ELEMENTS", {"encode": 0, "decode": 0})  # every signal above: streams
     assert torch.equal(model.encode(audio, sample_rate=rate).codes, one_pass.codes)
     assert torch.equal(streamed.codes, one_pass.codes)
     assert (model.decode(s=one_pass.codes) - decoded).abs().max() <= AUDIO_TOLERANCE
@@ -210,11 +210,13 @@ def test_packed_windows_equal_each_signal_alone(model, small_batches):
         assert audio.shape == expected.shape and (audio - expected).abs().max() <= AUDIO_TOLERANCE, signal.shape
 
 
-STRATEGIES = {  # (device type, widest activation, chunk size given, signals): strategy
+STRATEGIES = {  # (device type, widest activation, chunk size given, signals[, direction]): strategy
     ("cpu", 1000, False, 1): chunking.WINDOWS,  # short: one plain pass
-    ("cpu", chunking.ONE_PASS_ELEMENTS + 1, False, 1): chunking.STREAM,
+    ("cpu", chunking.ONE_PASS_ELEMENTS["encode"] + 1, False, 1): chunking.STREAM,
+    ("cpu", chunking.ONE_PASS_ELEMENTS["decode"], False, 1, "decode"): chunking.WINDOWS,
+    ("cpu", chunking.ONE_PASS_ELEMENTS["decode"] + 1, False, 1, "decode"): chunking.STREAM,
     ("cpu", 1000, True, 1): chunking.STREAM,  # a chunk size given: it bounds the memory
-    ("cuda", chunking.ONE_PASS_ELEMENTS + 1, True, 1): chunking.WINDOWS,
+    ("cuda", chunking.ONE_PASS_ELEMENTS["encode"] + 1, True, 1): chunking.WINDOWS,
     ("cpu", 0, False, 5): chunking.EACH,
     ("cuda", 0, False, 5): chunking.PACKED,
     ("mps", 0, False, 2): chunking.PACKED,
@@ -230,8 +232,9 @@ def test_one_function_chooses_the_strategy(case):
 def packing(model, monkeypatch, small_batches):
     """The model choosing, for many signals, the accelerator's packed windows, here on the CPU."""
     modeling = sys.modules[type(model).__module__]
-    monkeypatch.setattr(modeling, "choose_strategy", lambda device_type, widest=0, chunk_given=False, signals=1:
-                        chunking.PACKED if signals > 1 else chunking.choose_strategy("cpu", widest, chunk_given))
+    monkeypatch.setattr(modeling, "choose_strategy", lambda device_type, widest=0, chunk_given=False, signals=1,
+                        direction="encode": chunking.PACKED if signals > 1 else
+                        chunking.choose_strategy("cpu", widest, chunk_given, direction=direction))
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["each alone (CPU)", "packed (accelerators)"])

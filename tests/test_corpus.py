@@ -230,8 +230,9 @@ def test_packed_tokenizer_gives_each_signals_codes(model, many, monkeypatch):
     from dac_codec import chunking, modeling_dac
 
     assert Tokenizer(model, 3).pack_frames == 0  # the CPU encodes each input on its own
-    monkeypatch.setattr(modeling_dac, "choose_strategy", lambda device_type, widest=0, chunk_given=False, signals=1:
-                        chunking.PACKED if signals > 1 else chunking.choose_strategy("cpu", widest, chunk_given))
+    monkeypatch.setattr(modeling_dac, "choose_strategy", lambda device_type, widest=0, chunk_given=False, signals=1,
+                        direction="encode": chunking.PACKED if signals > 1 else
+                        chunking.choose_strategy("cpu", widest, chunk_given, direction=direction))
     tokenizer = Tokenizer(model, 3)
     assert tokenizer.pack_frames > 0
     reader = InputReader(corpus.Corpus.open(str(many)), model.sampling_rate)

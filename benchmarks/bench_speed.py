@@ -476,9 +476,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a worker is given up")
     parser.add_argument("--json", help="also write the results as JSON to this path")
     args = parser.parse_args()
-    for impl in [impl for impl in args.impls if impl.endswith("+jemalloc")] if not jemalloc() else []:
-        print(f"skipping {impl}: no libjemalloc.so.2 (apt install libjemalloc2)", file=sys.stderr)
-        args.impls.remove(impl)
+    if not jemalloc():
+        for impl in [impl for impl in args.impls if impl.endswith("+jemalloc")]:
+            print(f"skipping {impl}: no libjemalloc.so.2 (apt install libjemalloc2)", file=sys.stderr)
+            args.impls.remove(impl)
 
     points = [(p, s, o, i) for p in args.presets for s in args.seconds for o in args.ops for i in args.impls]
     runs = {point: [] for point in points}

@@ -44,6 +44,10 @@ PACK_ELEMENTS = 1 << 18  # weights at least this large (1 MB in fp32) are packed
 # length. With AVX2 its block size follows the length, so a weight packed for a tile is reordered again, by a slow
 # generic reorder, on every shorter call (0.1 s for 1024 x 1024 x 3 on a Zen 4): 1.8x slower encoding at 44.1 kHz.
 PACK_WEIGHTS = torch.backends.cpu.get_cpu_capability() == "AVX512"
+# Packed weights serve inputs of at least this many steps. oneDNN may choose another layout for a shorter input
+# (384 channels on a Xeon with AMX: under ~80 steps), and then reorders the packed weight again by its slow generic
+# reorder, 27 ms a call of a 384 x 384 x 7 conv: 18% of a 1 s decode at 16 kHz. Shorter inputs run as one GEMM.
+PACKED_STEPS = 128
 Activation = Callable[..., torch.Tensor]  # activation(x, out=None): elementwise, time-major, into `out` if given
 
 
@@ -98,12 +102,12 @@ def time_major_conv(
     costs more than the arithmetic when t' is short and the layer wide (the decoder's first layers, a stream's last
     steps). `packed` (`pack_weight`) is that reorder done once: the same kernel, the same sums, the output the same
     to the bit. Unpacked, short outputs run as one GEMM over the gathered input windows, which reads the weight
-    in place.
+    in place; so do inputs shorter than `PACKED_STEPS`, packed or not.
     """
     batch, t, c_in = x.shape
     c_out, k = weight.shape[0], weight.shape[-1]
     t_out = (t - dilation * (k - 1) - 1) // stride + 1
-    if packed is None and t_out < GEMM_STEPS and weight.is_contiguous():
+    if (packed is None or t < PACKED_STEPS) and t_out < GEMM_STEPS and weight.is_contiguous():
         step, channel = x.stride(1), x.stride(2)
         windows = x.as_strided((batch, t_out, c_in, k), (x.stride(0), stride * step, channel, dilation * step))
         return F.linear(windows.reshape(batch, t_out, c_in * k), weight.view(c_out, c_in * k), bias)

@@ -347,14 +347,17 @@ class Pipeline:
             if x.shape[1]:
                 yield x
             return
+        if not (x.shape[1] or final):
+            return
         stream, growth = self.stages[index]
-        if x.shape[1]:
-            for tile in x.split(max(1, int(self.budget / (x.shape[0] * x.shape[2] * growth))), dim=1):
-                y = stream.step(tile, False)
-                if y.shape[1]:
-                    yield from self._run(index + 1, y, False)
-        if final:
-            yield from self._run(index + 1, stream.step(x[:, :0], True), True)
+        tiles = x.split(max(1, int(self.budget / (x.shape[0] * x.shape[2] * growth))), dim=1) if x.shape[1] else (x,)
+        for i, tile in enumerate(tiles):
+            # The end comes with the last tile, so that its outputs and the stream's tail go on as one step: a
+            # separate end step would add a short step to every later stage per earlier stage (1.1x at 1 s of 16 kHz)
+            last = final and i == len(tiles) - 1
+            y = stream.step(tile, last)
+            if y.shape[1] or last:
+                yield from self._run(index + 1, y, last)
 
 
 # ----------------------------------------------------------------------------------------------------------------

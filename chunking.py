@@ -42,6 +42,7 @@ from .streaming import PACK_WEIGHTS
 BATCH_ELEMENTS = 1 << 28
 MIN_CHUNK_OVER_CONTEXT = 4
 QUANTIZE_FRAMES = 1024  # latent frames that `encode` quantizes at once: the quantizer's small projections want width
+END_SAMPLES = 1 << 16  # a whole signal's last samples, at most, that go with its end (`stream_encode`)
 # On the CPU, a signal whose widest activation stays below this (by direction) runs as one plain pass (the
 # batched-windows path, one window): a stream's per-step work costs more than such a signal's convolutions. Where the
 # streams' weights are packed once (`PACK_WEIGHTS`, AVX-512) that work is small: on a Zen 5 encoding streams win
@@ -290,7 +291,8 @@ def stream_encode(
     """(z_q, codes) of the frames that each chunk of model-rate audio (batch, 1, t) completes; together, those of
     the whole signal. Latent frames are quantized in groups of at least `min_frames` (0: as soon as they come).
     With `last_ends` (chunks known in advance, not a live stream), each chunk waits for the next, so that the last
-    one, padded, ends the stream in its own step: one step fewer for every layer.
+    one, padded (its last `END_SAMPLES` copied with the padding), ends the stream in its own step: one step fewer
+    for every layer (1.02-1.03x at 1 s).
 
     Raises:
         ValueError: If the chunks hold no sample.
@@ -303,22 +305,26 @@ def stream_encode(
             pending.clear()
             yield quantizer(z, n_quantizers)[:2]  # (z_q, codes)
 
+    def feed(piece: torch.Tensor, final: bool):
+        for z in stream.steps(piece.transpose(1, 2), final):
+            pending.append(z.transpose(1, 2))  # (B, n, D) -> (B, D, n)
+            yield from quantize(final=False)
+
     chunk = None
     for chunk in chunks:
         received += chunk.shape[-1]
         if last_ends:
             chunk, held = held, chunk
-            if chunk is None:
-                continue
-        for z in stream.steps(chunk.transpose(1, 2), final=False):
-            pending.append(z.transpose(1, 2))  # (B, n, D) -> (B, D, n)
-            yield from quantize(final=False)
+        if chunk is not None:
+            yield from feed(chunk, final=False)
     if not received:
         raise ValueError("The audio held no samples; it needs at least one.")
+    last = chunk[..., :0] if held is None else held
+    if last.shape[-1] > END_SAMPLES:
+        yield from feed(last[..., :-END_SAMPLES], final=False)
+        last = last[..., -END_SAMPLES:]
     # The end of the signal, padded to whole frames as the reference's preprocess does.
-    last = held if held is not None else chunk[..., :0]
-    end = torch.cat([last, last.new_zeros(*last.shape[:-1], -received % hop_length)], dim=-1)
-    pending.extend(z.transpose(1, 2) for z in stream.steps(end.transpose(1, 2), final=True))
+    yield from feed(torch.cat([last, last.new_zeros(*last.shape[:-1], -received % hop_length)], dim=-1), final=True)
     yield from quantize(final=True)
 
 

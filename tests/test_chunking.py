@@ -104,6 +104,19 @@ def test_chunked_encode_equals_whole(model):
             assert same_frames_error(z_q_c, z_q, codes_c, codes) <= AUDIO_TOLERANCE * z_q.abs().max()
 
 
+def test_a_whole_signals_stream_ends_with_its_last_samples(model, monkeypatch):
+    """A whole signal's stream sends its last chunk's last END_SAMPLES with the end, and what comes before them
+    first: the codes of one plain pass, wherever that cut falls."""
+    rate, hop = model.config.sampling_rate, model.hop_length
+    audio = audio_of(7 * hop + 37, batch=2, seed=7)
+    expected = model.encode(audio, sample_rate=rate).codes  # a short signal, no chunk size: one plain pass
+    for end_samples in (1, hop - 3, 3 * hop + 5, 10**6):
+        monkeypatch.setattr(chunking, "END_SAMPLES", end_samples)
+        for chunk_frames in (0, 2):
+            streamed = model.encode(audio, sample_rate=rate, chunk_size_in_sec=chunk_frames / model.config.frame_rate)
+            assert_codes_match(streamed.codes, expected, (end_samples, chunk_frames))
+
+
 def test_chunked_decode_equals_whole(model, generator):
     for n_frames in (1, 2, 3, 11, 24, 47):
         codes = codes_of(model, n_frames, generator, batch=2)

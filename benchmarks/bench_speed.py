@@ -12,6 +12,9 @@ What is measured, per preset, length, operation and implementation:
   path beside the fp32 reference. With it, a fresh process (`--agreement`) also compares its codes with our float32
   model's on 10 s of speech (samples/speech.flac) and of the music-like signal, and the audio that both decode from
   the float32 codes (SNR).
+- ours+medium: ours (float32 weights and audio) under `torch.set_float32_matmul_precision("medium")`, which lets
+  the residual units' dilated convolutions take bf16 products summed in float32 on CPUs with bf16 kernels (the
+  layers that decide codes stay float32); its codes and audio are compared with float32's likewise.
 - reference (descript-audio-codec, `dac.model.DAC`): `encode(preprocess(x, sr))` /
   `decode(quantizer.from_codes(codes)[0])` under `torch.no_grad()`; the code-to-latent lookup is timed with decode, as
   ours and transformers' include it.
@@ -71,7 +74,7 @@ WARMUP_SECONDS = 1.0
 # Two: glibc's malloc serves large blocks from fresh mappings until it has freed some, so a process's second call
 # still page-faults its memory in (a 1 s encode at 44.1 kHz: 8k faults on the second call, none from the third).
 WARMUP_CALLS = 2
-IMPLS = ("ours", "ours+bf16", "ours+jemalloc", "reference", "reference+jemalloc", "transformers")
+IMPLS = ("ours", "ours+bf16", "ours+medium", "ours+jemalloc", "reference", "reference+jemalloc", "transformers")
 # The reference with jemalloc preloaded and its decay off: the fastest the reference gets without code changes.
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
@@ -202,9 +205,10 @@ def prepare(spec: dict) -> dict:
 
 
 def agreement(spec: dict) -> dict:
-    """Our bf16 model (`model.to(torch.bfloat16)`) against our float32 one on AGREEMENT_SECONDS of speech and of
-    music-like audio: the share of codes equal (all, and of the first codebook) and the SNR of the bf16 decoding of
-    the float32 codes against their float32 decoding."""
+    """Our reduced-precision path spec["impl"] (ours+bf16: `model.to(torch.bfloat16)`; ours+medium: float32
+    under `torch.set_float32_matmul_precision("medium")`) against our float32 model on AGREEMENT_SECONDS of speech
+    and of music-like audio: the share of codes equal (all, and of the first codebook) and the SNR of its decoding
+    of the float32 codes against their float32 decoding."""
     import copy
 
     import torch
@@ -214,12 +218,17 @@ def agreement(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     fp32 = DacModel.from_pretrained(Path(spec["folder"]) / "ours")
-    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    medium = spec["impl"] == "ours+medium"
+    reduced = fp32 if medium else copy.deepcopy(fp32).to(torch.bfloat16)
+
     rate, n = fp32.sampling_rate, num_samples(spec["preset"], AGREEMENT_SECONDS)
     result = {}
     for name, audio in (("speech", speech_audio(rate, n)), ("music", make_audio(rate, n))):
-        codes, codes16 = fp32.encode(audio, rate).codes, bf16.encode(audio, rate).codes
-        decoded, decoded16 = fp32.decode(s=codes), bf16.decode(s=codes).float()
+        codes = fp32.encode(audio, rate).codes
+        decoded = fp32.decode(s=codes)
+        torch.set_float32_matmul_precision("medium" if medium else "highest")
+        codes16, decoded16 = reduced.encode(audio, rate).codes, reduced.decode(s=codes).float()
+        torch.set_float32_matmul_precision("highest")
         snr = 10 * torch.log10(decoded.pow(2).sum() / (decoded16 - decoded).pow(2).sum())
         result[name] = {"codes_equal": (codes16 == codes).float().mean().item(),
                         "first_codebook_equal": (codes16[:, 0] == codes[:, 0]).float().mean().item(),
@@ -247,7 +256,7 @@ def _load(spec: dict, dtype):
     folder, impl = Path(spec["folder"]), spec["impl"]
     sample_rate = PRESET_INFO[spec["preset"]]["sample_rate"]
     chunk = spec.get("chunk")  # ours only: None = the model's default, 0 = no chunking
-    if impl in ("ours", "ours+bf16", "ours+jemalloc"):
+    if impl in ("ours", "ours+bf16", "ours+medium", "ours+jemalloc"):
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(folder / "ours", trust_remote_code=True).to(dtype)
@@ -322,6 +331,8 @@ def worker(spec: dict) -> dict:
     torch.manual_seed(SEED)
     # ours+bf16: our bf16 path beside the others in --dtype (the fp32 reference, by default)
     dtype = torch.bfloat16 if spec["impl"] == "ours+bf16" else getattr(torch, spec["dtype"])
+    if spec["impl"] == "ours+medium":
+        torch.set_float32_matmul_precision("medium")
     result = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     try:
         model, encode, decode = _load(spec, dtype)
@@ -497,11 +508,12 @@ def main() -> None:
             if not checks[preset]["same_codes"]:
                 print(f"WARNING: {preset}: the three implementations give different codes", file=sys.stderr)
         agree = {}
-        if "ours+bf16" in args.impls:
+        for impl in [impl for impl in ("ours+bf16", "ours+medium") if impl in args.impls]:
             for preset in args.presets:
-                print(f"comparing {preset} bf16 codes with float32's ...", file=sys.stderr, flush=True)
-                agree[preset] = spawn(__file__, "agreement", {"preset": preset, "folder": str(temp / preset),
-                                                              "threads": args.threads}, temp / "hf_home")
+                print(f"comparing {preset} {impl} codes with float32's ...", file=sys.stderr, flush=True)
+                agree[f"{impl} {preset}"] = spawn(__file__, "agreement", {
+                    "preset": preset, "folder": str(temp / preset), "threads": args.threads, "impl": impl},
+                    temp / "hf_home")
         print("measuring the conv and FMA peaks ...", file=sys.stderr, flush=True)
         roof = spawn(__file__, "ceiling", {"dtype": args.dtype, "threads": args.threads}, temp / "hf_home")
         if "error" in roof:
@@ -528,7 +540,7 @@ def main() -> None:
         median = statistics.median(times) if times and not errors else None
         rows.append(dict(
             preset=preset, seconds=seconds, audio_seconds=audio_seconds, op=op, impl=impl,
-            dtype="bfloat16" if impl == "ours+bf16" else args.dtype,
+            dtype={"ours+bf16": "bfloat16", "ours+medium": "float32, bf16 products"}.get(impl, args.dtype),
             times_s=times, median_s=median, error=errors[0] if errors else None,
             peak_rss_mb=max((r["peak_rss_mb"] for r in results if "peak_rss_mb" in r), default=None),
             call_peak_mb=max((r["call_peak_mb"] for r in results if "call_peak_mb" in r), default=None),
@@ -568,16 +580,16 @@ def main() -> None:
           f"our model code (sha256 of the folder's .py files) {checks[args.presets[0]].get('model_code_sha256')}")
     print("same codes from the three implementations on 1 s: "
           + ", ".join(f"{p} {'yes' if c.get('same_codes') else 'NO'}" for p, c in checks.items()))
-    for preset, result in agree.items():
+    for name, result in agree.items():
         shown = result.get("error") or "; ".join(
-            f"{name}: {100 * r['codes_equal']:.2f}% of codes equal ({100 * r['first_codebook_equal']:.2f}% of the "
-            f"first codebook), decoded at {r['decoded_snr_db']:.1f} dB SNR" for name, r in result.items())
-        print(f"bf16 against float32, {preset}, {AGREEMENT_SECONDS:g} s: {shown}")
+            f"{audio}: {100 * r['codes_equal']:.2f}% of codes equal ({100 * r['first_codebook_equal']:.2f}% of the "
+            f"first codebook), decoded at {r['decoded_snr_db']:.1f} dB SNR" for audio, r in result.items())
+        print(f"{name} against float32, {AGREEMENT_SECONDS:g} s: {shown}")
     print(f"command: {command_line()}")
     if args.json:
         meta = dict(command=command_line(), repeats=args.repeats, threads=threads, cpus=os.cpu_count(),
                     load_average=[load_start, os.getloadavg()[0]], checks=checks, peaks=roof, cpu=cpu,
-                    bf16_agreement=agree)
+                    agreement=agree)
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 

@@ -35,7 +35,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 from torch import nn
 
-from .streaming import PACK_WEIGHTS
+from .streaming import PACK_WEIGHTS, bf16_products
 
 # Batched windows: the widest activation of one batch, 1 GiB in fp32; chunks at least this many times their
 # receptive-field context, so that recomputing the context costs at most a quarter more.
@@ -75,6 +75,8 @@ def choose_strategy(device_type: str, widest: int = 0, chunk_given: bool = False
         return EACH if device_type == "cpu" else PACKED
     if device_type == "cpu" and (chunk_given or widest > ONE_PASS_ELEMENTS[direction]):
         return STREAM
+    if device_type == "cpu" and direction == "encode" and bf16_products(torch.device("cpu")):
+        return STREAM  # the streams keep the convs that decide codes from bf16 products, which a plain pass takes
     return WINDOWS
 
 

@@ -33,6 +33,8 @@ from .streaming import (
     Residual,
     ResidualStep,
     Scratch,
+    bf16_products,
+    float32_conv,
     matmul_precision,
 )
 
@@ -247,10 +249,17 @@ class VectorQuantize(nn.Module):
             codes: (batch, frames) int64.
             z_e: (batch, codebook_dim, frames), the projected latent before quantization.
         """
-        z_e = self.in_proj(z)
+        z_e = self.project(self.in_proj, z)
         codes = self.nearest(z_e)
         z_p = self.decode_code(codes)
-        return self.out_proj(z_e + (z_p - z_e).detach()), codes, z_e
+        return self.project(self.out_proj, z_e + (z_p - z_e).detach()), codes, z_e
+
+    @staticmethod
+    def project(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        """conv(x), with float32 products also where torch's matmuls take bf16 ones (`bf16_products`)."""
+        if not torch.is_grad_enabled() and bf16_products(x.device):
+            return float32_conv(x, conv.weight, conv.bias)
+        return conv(x)
 
     def losses(self, z_e: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(commitment, codebook) losses per item (batch,): the mean squared distance between z_e and its codebook

@@ -48,8 +48,8 @@ PACK_WEIGHTS = torch.backends.cpu.get_cpu_capability() == "AVX512"
 # (384 channels on a Xeon with AMX: under ~80 steps), and then reorders the packed weight again by its slow generic
 # reorder, 27 ms a call of a 384 x 384 x 7 conv: 18% of a 1 s decode at 16 kHz. Shorter inputs run as one GEMM.
 PACKED_STEPS = 128
-# oneDNN multiplies bf16-rounded operands of float32 matmuls and sums in float32 on this CPU (AVX512-BF16, AMX),
-# where torch's float32 matmul precision allows it (`bf16_products`)
+# oneDNN's bf16 kernels (AVX512-BF16, AMX) run on this CPU: float32 matmuls that may take bf16 products
+# (`bf16_products`) then run 2.5-3.5x faster
 CPU_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 Activation = Callable[..., torch.Tensor]  # activation(x, out=None): elementwise, time-major, into `out` if given
 
@@ -107,9 +107,18 @@ def matmul_precision(device: torch.device) -> str:
 
 
 def bf16_products(device: torch.device) -> bool:
-    """Whether float32 matmuls on `device` run as bf16 products summed in float32: on a CPU with bf16 kernels
-    (`CPU_BF16`), under `torch.set_float32_matmul_precision("medium")`. 2.5-3.5x faster than float32 here."""
-    return device.type == "cpu" and CPU_BF16 and matmul_precision(device) == "bf16"
+    """Whether float32 matmuls on `device` may run as bf16 products summed in float32: oneDNN's on CPU, under
+    `torch.set_float32_matmul_precision("medium")`; 2.5-3.5x faster than float32 where the CPU has bf16 kernels
+    (`CPU_BF16`). torch also runs small convolutions as such GEMMs (`float32_conv` does not)."""
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and matmul_precision(device) == "bf16"
+
+
+def float32_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int = 1,
+                 dilation: int = 1) -> torch.Tensor:
+    """Unpadded conv of channels-first x (B, C_in, [1,] t) with float32 products whatever torch's matmul
+    precision: oneDNN's convolution, where torch would run a small input as a GEMM that follows it."""
+    n = x.dim() - 2
+    return torch.mkldnn_convolution(x, weight, bias, [0] * n, [1] * (n - 1) + [stride], [1] * (n - 1) + [dilation], 1)
 
 
 def tap_gemms(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor], stride: int = 1,
@@ -119,18 +128,18 @@ def tap_gemms(x: torch.Tensor, taps: torch.Tensor, bias: Optional[torch.Tensor],
 
     Unlike oneDNN's convolutions, GEMMs follow torch's float32 matmul precision: under `bf16_products` this is the
     conv with bf16 products and float32 sums and outputs."""
-    batch, t, c_in = x.shape
-    k, c_out = taps.shape[0], taps.shape[2]
+    batch, t, _ = x.shape
+    k = taps.shape[0]
     t_out = (t - dilation * (k - 1) - 1) // stride + 1
     span = (t_out - 1) * stride + 1
-
-    def rows(j: int) -> torch.Tensor:
-        return x[:, j * dilation : j * dilation + span : stride]
-
-    weight = taps[0].expand(batch, c_in, c_out)
-    y = torch.bmm(rows(0), weight) if bias is None else torch.baddbmm(bias, rows(0), weight)
-    for j in range(1, k):
-        y.baddbmm_(rows(j), taps[j].expand(batch, c_in, c_out))
+    y = x.new_empty(batch, t_out, taps.shape[2])
+    for item, out in zip(x, y):  # 2-D GEMMs: oneDNN takes no batch of one weight (stride 0), which runs in float32
+        if bias is None:
+            torch.mm(item[:span:stride], taps[0], out=out)
+        else:
+            torch.addmm(bias, item[:span:stride], taps[0], out=out)
+        for j in range(1, k):
+            out.addmm_(item[j * dilation : j * dilation + span : stride], taps[j])
     return y
 
 
@@ -150,8 +159,8 @@ def time_major_conv(
     costs more than the arithmetic when t' is short and the layer wide (the decoder's first layers, a stream's last
     steps). `packed` (`pack_weight`) is that reorder done once: the same kernel, the same sums, the output the same
     to the bit. Unpacked, short outputs run as one GEMM over the gathered input windows, which reads the weight
-    in place; so do inputs shorter than `PACKED_STEPS`, packed or not. `gemm=False` keeps to the convolution, whose
-    products stay float32 whatever torch's matmul precision (`matmul_precision`).
+    in place; so do inputs shorter than `PACKED_STEPS`, packed or not. `gemm=False` keeps to oneDNN's convolution,
+    whose products stay float32 whatever torch's matmul precision (`float32_conv`).
     """
     batch, t, c_in = x.shape
     c_out, k = weight.shape[0], weight.shape[-1]
@@ -164,6 +173,8 @@ def time_major_conv(
     if packed is not None and not torch.is_grad_enabled():
         y = torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [0, 0], [1, stride], [1, dilation], 1, "none",
                                                     [], "")
+    elif not gemm and not torch.is_grad_enabled():
+        y = float32_conv(x, weight.unsqueeze(2), bias, stride, dilation)
     else:
         y = F.conv2d(x, weight.unsqueeze(2), bias, (1, stride), 0, (1, dilation))
     return y.squeeze(2).transpose(1, 2)  # (B, C_out, 1, t') -> (B, t', C_out)
@@ -267,7 +278,8 @@ class DerivedWeights:
 
     An entry is used only while the module's parameters are the same tensors at the same storage and version:
     in-place updates (an optimizer step, `load_state_dict`) and moves (`.to(dtype)`) recompute it. Modules whose
-    weights are recomputed on every access (weight norm's parametrization) are never cached. Safe under concurrent
+    weights are recomputed on every access (weight norm's parametrization) or carry no version (inference tensors)
+    are never cached. Safe under concurrent
     calls: one lock guards the table, and entries die with their modules."""
 
     def __init__(self, derive: Callable[[nn.Module], tuple[torch.Tensor, ...]]):
@@ -276,9 +288,9 @@ class DerivedWeights:
         self.lock = threading.Lock()
 
     def __call__(self, module: nn.Module) -> tuple[torch.Tensor, ...]:
-        if parametrize.is_parametrized(module):
-            return self.derive(module)
         params = list(module.parameters(recurse=False))
+        if parametrize.is_parametrized(module) or any(p.is_inference() for p in params):
+            return self.derive(module)  # inference tensors (a model made under inference_mode) have no version
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         with self.lock:
             entry = self.table.get(module)
@@ -341,8 +353,7 @@ def conv_routes(conv: nn.Module, bf16: bool) -> tuple[Optional[torch.Tensor], Op
     """How a stream built now runs `conv`: (packed, taps, gemm) of `ConvStream`. Where torch's float32 matmuls
     take bf16 products, a conv that may (`bf16`) runs as `tap_gemms` on CPUs with bf16 kernels, and one that may
     not keeps off GEMMs."""
-    device = conv.weight.device
-    if not (device.type == "cpu" and matmul_precision(device) == "bf16"):
+    if not bf16_products(conv.weight.device):
         return packed_for(conv), None, True
     if bf16 and CPU_BF16 and not torch.is_grad_enabled():
         return None, tap_weights(conv)[0], True

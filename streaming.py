@@ -94,7 +94,7 @@ def matmul_precision(device: torch.device) -> str:
     """The internal precision, "ieee", "tf32" or "bf16", of torch's float32 matmuls on `device`: what
     `torch.set_float32_matmul_precision` or the backend's `fp32_precision` set ("medium" is "bf16" on CPU).
 
-    Convolutions do not follow it on CPU (oneDNN's run in float32 whatever it says); matmuls do."""
+    Matmuls follow it; oneDNN's convolutions do not, but torch runs small convolutions as GEMMs, which do."""
     backend = {"cpu": torch.backends.mkldnn, "cuda": torch.backends.cuda}.get(device.type)
     matmul = getattr(getattr(backend, "matmul", None), "fp32_precision", None)
     inherited = getattr(backend, "fp32_precision", None), getattr(torch.backends, "fp32_precision", None)
@@ -279,8 +279,7 @@ class DerivedWeights:
     An entry is used only while the module's parameters are the same tensors at the same storage and version:
     in-place updates (an optimizer step, `load_state_dict`) and moves (`.to(dtype)`) recompute it. Modules whose
     weights are recomputed on every access (weight norm's parametrization) or carry no version (inference tensors)
-    are never cached. Safe under concurrent
-    calls: one lock guards the table, and entries die with their modules."""
+    are never cached. Safe under concurrent calls: one lock guards the table, and entries die with their modules."""
 
     def __init__(self, derive: Callable[[nn.Module], tuple[torch.Tensor, ...]]):
         self.derive = derive

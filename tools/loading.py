@@ -27,7 +27,6 @@ import torch
 
 from ..configuration_dac import ARCHITECTURE_KEYS, PRESETS, DacConfig
 from ..modeling_dac import DacModel
-from ..streaming import CPU_BF16
 from .command import first_line
 
 # by name; "mixed": float32 weights and audio, bf16 products where they decide no codes (`resolve_device`)
@@ -372,4 +371,4 @@ def resolve_device(device: Optional[str] = None, dtype: str = "float32") -> tupl
 
 def cpu_has_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 convolutions on this CPU; without, torch falls back to its generic loops."""
-    return CPU_BF16
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()

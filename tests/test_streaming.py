@@ -154,6 +154,32 @@ def test_packed_weights_give_the_unpacked_conv(kernel, stride, dilation, packing
 
 
 @needs_onednn
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("c_in, c_out, kernel, stride", [(512, 512, 1, 1), (384, 352, 7, 1), (256, 160, 16, 8),
+                                                         (64, 64, 7, 1)])
+def test_short_convs_run_as_one_gemm_on_the_kernel_the_cpu_chooses(c_in, c_out, kernel, stride, onednn, monkeypatch):
+    """Short outputs run as one GEMM: on oneDNN's matmul for wide float32 weights where `ONEDNN_GEMMS` (an AMD
+    CPU, whose MKL is slow) says so, else and under autograd (which oneDNN's matmul does not carry) on F.linear.
+    Either kernel gives the conv (TOLERANCE), and a gradient flows through the autograd one."""
+    monkeypatch.setattr(streaming, "ONEDNN_GEMMS", onednn)
+    linear_calls = []
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *args: linear_calls.append(1) or linear(*args))
+    g = torch.Generator().manual_seed(c_in + kernel)
+    weight, bias = torch.randn(c_out, c_in, kernel, generator=g) / 60, torch.randn(c_out, generator=g)
+    x = torch.randn(2, 40 * stride + kernel - 1, c_in, generator=g)
+    expected = F.conv1d(x.transpose(1, 2), weight, bias, stride).transpose(1, 2)
+    linear_calls.clear()
+    with torch.inference_mode():
+        close(streaming.time_major_conv(x, weight, bias, stride), expected)
+    wide = weight.numel() >= streaming.PACK_ELEMENTS
+    assert linear_calls == ([] if onednn and wide else [1])
+    weight.requires_grad_(True)
+    streaming.time_major_conv(x, weight, bias, stride).square().sum().backward()
+    assert weight.grad.abs().sum() > 0 and len(linear_calls) == (1 if onednn and wide else 2)
+
+
+@needs_onednn
 def test_streams_pack_the_weights_once_and_only_for_inference(packing):
     """A stream built for inference takes each wide conv's packed weight, derived once per model and weights (a
     weight update packs anew); under autograd, which the packed conv does not carry, it takes none; pointwise and

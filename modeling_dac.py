@@ -63,7 +63,7 @@ from .chunking import (
 )
 from .configuration_dac import DECODING_MODES, DacConfig, check_chunk_size, check_int
 from .dac_layers import Decoder, Encoder, ResidualVectorQuantize, Snake1d, apply_weight_norm, remove_weight_norm
-from .streaming import ChainStep, Clock, Signal
+from .streaming import ChainStep, Clock, Signal, bf16_products
 
 
 class _UnpacksAsTuple:
@@ -204,6 +204,13 @@ class DacModel(PreTrainedModel):
         far past the frame's end, `decode_stream` all of a frame's audio once the codes reach this far past it."""
         return {"encode": self.geometry.encoder_lookahead / self.sampling_rate,
                 "decode": self.geometry.decoder_lookahead / self.config.frame_rate}
+
+    @staticmethod
+    def takes_bf16_products(device: Union[str, torch.device] = "cpu") -> bool:
+        """Whether float32 calls on `device` take bf16 products now, where they decide no codes: on a CPU whose
+        oneDNN takes them (AMX), under `torch.set_float32_matmul_precision("medium")`. Elsewhere that setting leaves
+        the CPU's float32 calls as they were."""
+        return bf16_products(torch.device(device))
 
     def apply_weight_norm(self) -> None:
         """Re-parametrizes every convolution with weight norm for fine-tuning, as the reference trains."""

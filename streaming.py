@@ -27,6 +27,7 @@ the convolutions run in oneDNN's native channels-last layout without reorders (`
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import threading
@@ -49,9 +50,6 @@ PACK_WEIGHTS = torch.backends.cpu.get_cpu_capability() == "AVX512"
 # (384 channels on a Xeon with AMX: under ~80 steps), and then reorders the packed weight again by its slow generic
 # reorder, 27 ms a call of a 384 x 384 x 7 conv: 18% of a 1 s decode at 16 kHz. Shorter inputs run as one GEMM.
 PACKED_STEPS = 128
-# oneDNN's bf16 kernels (AVX512-BF16, AMX) run on this CPU: float32 matmuls that may take bf16 products
-# (`bf16_products`) then run 2.5-3.5x faster
-CPU_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def cpu_vendor() -> str:
@@ -128,10 +126,21 @@ def matmul_precision(device: torch.device) -> str:
 
 
 def bf16_products(device: torch.device) -> bool:
-    """Whether float32 matmuls on `device` may run as bf16 products summed in float32: oneDNN's on CPU, under
-    `torch.set_float32_matmul_precision("medium")`; 2.5-3.5x faster than float32 where the CPU has bf16 kernels
-    (`CPU_BF16`). torch also runs small convolutions as such GEMMs (`float32_conv` does not)."""
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and matmul_precision(device) == "bf16"
+    """Whether float32 matmuls on `device` run as bf16 products summed in float32 now: oneDNN's on CPU, under
+    `torch.set_float32_matmul_precision("medium")`, where the CPU takes them (`cpu_takes_bf16_products`); 2.5-3.5x
+    faster than float32 there. torch also runs small convolutions as such GEMMs (`float32_conv` does not)."""
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available() and matmul_precision(device) == "bf16"
+            and cpu_takes_bf16_products())
+
+
+@functools.cache
+def cpu_takes_bf16_products() -> bool:
+    """Whether this CPU's float32 matmuls, under a bf16 matmul precision (the caller's), do take bf16 products.
+    oneDNN takes them with AMX (a Xeon); with AVX512-BF16 alone (an AMD Zen 4 or 5) it keeps float32 products, and
+    per-tap GEMMs in float32 are slower than the float32 routes. Probed once, by a product that bf16 operands
+    change: 1 + 2^-12 rounds to 1."""
+    ones = torch.ones(256, 256)
+    return torch.mm(ones + 2**-12, ones)[0, 0].item() != 256 + 2**-4
 
 
 def float32_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int = 1,
@@ -381,11 +390,11 @@ def packed_for(conv: nn.Module) -> Optional[torch.Tensor]:
 
 def conv_routes(conv: nn.Module, bf16: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], bool]:
     """How a stream built now runs `conv`: (packed, taps, gemm) of `ConvStream`. Where torch's float32 matmuls
-    take bf16 products, a conv that may (`bf16`) runs as `tap_gemms` on CPUs with bf16 kernels, and one that may
-    not keeps off GEMMs."""
+    take bf16 products (`bf16_products`), a conv that may (`bf16`) runs as `tap_gemms`, and one that may not keeps
+    off GEMMs."""
     if not bf16_products(conv.weight.device):
         return packed_for(conv), None, True
-    if bf16 and CPU_BF16 and not torch.is_grad_enabled():
+    if bf16 and not torch.is_grad_enabled():
         return None, tap_weights(conv)[0], True
     return packed_for(conv), None, bf16
 

@@ -13,7 +13,7 @@ What is measured, per preset, length, operation and implementation:
   model's on 10 s of speech (samples/speech.flac) and of the music-like signal, and the audio that both decode from
   the float32 codes (SNR).
 - ours+medium: ours (float32 weights and audio) under `torch.set_float32_matmul_precision("medium")`, which lets
-  the residual units' dilated convolutions take bf16 products summed in float32 on CPUs with bf16 kernels (the
+  the residual units' dilated convolutions take bf16 products summed in float32 on CPUs that take them (AMX; the
   layers that decide codes stay float32); its codes and audio are compared with float32's likewise.
 - reference (descript-audio-codec, `dac.model.DAC`): `encode(preprocess(x, sr))` /
   `decode(quantizer.from_codes(codes)[0])` under `torch.no_grad()`; the code-to-latent lookup is timed with decode, as

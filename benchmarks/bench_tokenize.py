@@ -4,7 +4,7 @@ reference package, same weights and same files. Figures are audio hours per wall
     .venv/bin/python benchmarks/bench_tokenize.py                 # 44khz, 200 files (33 min of audio)
     .venv/bin/python benchmarks/bench_tokenize.py --preset 16khz --files 300 --json tokenize.json
     .venv/bin/python benchmarks/bench_tokenize.py --files 20 --skip-reference   # quick check
-    .venv/bin/python benchmarks/bench_tokenize.py --preset 16khz --dtype mixed  # bf16 products (CPU, bf16 kernels)
+    .venv/bin/python benchmarks/bench_tokenize.py --preset 16khz --dtype mixed  # bf16 products (CPUs with AMX)
 
 The corpus (kept in --corpus, made once per seed and size): --files files of mixed lengths (one of 300 s, one of
 0.5 s, one in fifty of 1 to 4 min, the rest log-uniform from 0.5 to 20 s), in WAV, FLAC, MP3 and Ogg Vorbis, at

@@ -1,6 +1,6 @@
-"""bf16 products under `torch.set_float32_matmul_precision("medium")`: on CPUs with bf16 kernels the convs that do
-not decide codes run as per-tap GEMMs, whose products oneDNN then takes in bf16 and sums in float32; the convs and
-the nearest-code search that decide codes stay float32.
+"""bf16 products under `torch.set_float32_matmul_precision("medium")`: on CPUs that take them (oneDNN with AMX) the
+convs that do not decide codes run as per-tap GEMMs, whose products oneDNN then takes in bf16 and sums in float32;
+the convs and the nearest-code search that decide codes stay float32. On other CPUs the setting changes nothing.
 
 Tolerances: 1e-5 of the output's peak between float32 sums taken in another order (as test_streaming.py); 1e-2 of
 the peak for bf16 products, whose operands are rounded to 8 significant bits (2^-9 relative each).
@@ -19,7 +19,18 @@ from conftest import tiny_model, tone
 FLOAT32 = 1e-5
 BF16 = 1e-2
 
-needs_bf16 = pytest.mark.skipif(not streaming.CPU_BF16, reason="this CPU has no bf16 kernels (AVX512-BF16 or AMX)")
+
+
+def cpu_takes_bf16_products():
+    torch.set_float32_matmul_precision("medium")
+    try:
+        return streaming.cpu_takes_bf16_products()
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
+TAKES_BF16 = cpu_takes_bf16_products()
+needs_bf16 = pytest.mark.skipif(not TAKES_BF16, reason="this CPU's float32 matmuls take no bf16 products (AMX does)")
 
 
 @pytest.fixture
@@ -51,16 +62,22 @@ def test_tap_gemms_give_the_conv(kernel, stride, dilation, with_bias):
 
 
 def test_matmul_precision_follows_torchs_setting(medium):
+    """The precision is torch's setting; the model takes bf16 products under "medium" where the CPU does."""
+    from dac_codec.modeling_dac import DacModel
+
     assert streaming.matmul_precision(torch.device("cpu")) == "bf16"
+    assert DacModel.takes_bf16_products() == TAKES_BF16 == DacModel.takes_bf16_products("cpu")
     torch.set_float32_matmul_precision("highest")
     assert streaming.matmul_precision(torch.device("cpu")) == "ieee"
+    assert not DacModel.takes_bf16_products()
 
 
-@needs_bf16
 @torch.no_grad()
 def test_under_medium_only_the_convs_that_may_take_bf16_products(medium):
-    """A conv that may (`bf16=True`) runs with bf16 products: the conv of its rounded operands, summed in float32.
-    One that may not stays float32, short inputs (which torch would run as a GEMM) as long ones."""
+    """On a CPU that takes bf16 products, a conv that may (`bf16=True`) runs with them: the conv of its rounded
+    operands, summed in float32. One that may not stays float32, short inputs (which torch would run as a GEMM) as
+    long ones. On a CPU that takes none (an AMD Zen 4 has AVX512-BF16 but no AMX) every conv keeps its float32
+    route, which the per-tap GEMMs would only slow down."""
     g = torch.Generator().manual_seed(0)
     conv = nn.Conv1d(64, 64, 7, dilation=3, padding=9)
     for steps in (150, 3000):
@@ -71,10 +88,13 @@ def test_under_medium_only_the_convs_that_may_take_bf16_products(medium):
         torch.set_float32_matmul_precision("medium")
         fast = streaming.ConvStream.of(conv, streaming.Scratch(), bf16=True)
         kept = streaming.ConvStream.of(conv, streaming.Scratch())
-        assert fast.taps is not None and kept.taps is None
+        assert kept.taps is None and (fast.taps is not None) == TAKES_BF16
         products = fast.step(x, final=True)
-        assert peak_error(products, emulated) <= FLOAT32
-        assert FLOAT32 * 10 < peak_error(products, exact) <= BF16  # rounded indeed
+        if TAKES_BF16:
+            assert peak_error(products, emulated) <= FLOAT32
+            assert FLOAT32 * 10 < peak_error(products, exact) <= BF16  # rounded indeed
+        else:
+            assert peak_error(products, exact) <= FLOAT32
         assert peak_error(kept.step(x, final=True), exact) <= FLOAT32
 
 
@@ -123,11 +143,16 @@ def test_the_quantizer_ignores_the_matmul_precision(medium):
     assert torch.equal(short_codes, expected_codes) and peak_error(z_q, expected_z_q) <= FLOAT32
 
 
-def test_encodes_under_medium_stream_whatever_their_length(medium):
-    """A plain pass would run the small convs that decide codes as GEMMs with bf16 products; streams do not."""
+def test_encodes_under_medium_stream_whatever_their_length(medium, monkeypatch):
+    """A plain pass would run the small convs that decide codes as GEMMs with bf16 products; streams do not. Where
+    the CPU takes no bf16 products, the setting changes nothing."""
+    monkeypatch.setattr(streaming, "cpu_takes_bf16_products", lambda: True)
     assert chunking.choose_strategy("cpu", widest=1000) == chunking.STREAM
     assert chunking.choose_strategy("cpu", widest=1000, direction="decode") == chunking.WINDOWS
     torch.set_float32_matmul_precision("highest")
+    assert chunking.choose_strategy("cpu", widest=1000) == chunking.WINDOWS
+    torch.set_float32_matmul_precision("medium")
+    monkeypatch.setattr(streaming, "cpu_takes_bf16_products", lambda: False)
     assert chunking.choose_strategy("cpu", widest=1000) == chunking.WINDOWS
 
 
@@ -170,9 +195,17 @@ def test_the_cli_encodes_and_decodes_in_mixed_precision(tree, tmp_path, medium):
 
 
 def test_mixed_precision_where_it_cannot_run_is_one_line(monkeypatch):
+    """Where the CPU takes no bf16 products, `--dtype mixed` is refused in one line that says why, leaving the
+    precision as it was; where it takes them, the precision is "medium"."""
     from dac_codec.tools import loading
 
-    monkeypatch.setattr(loading, "cpu_has_bfloat16", lambda: False)
-    with pytest.raises(ValueError, match="this CPU has no bfloat16 kernels; give float32"):
+    monkeypatch.setattr(streaming, "cpu_takes_bf16_products", lambda: False)
+    with pytest.raises(ValueError, match="this CPU runs float32 matmuls in float32 .*; give float32"):
         loading.resolve_device("cpu", "mixed")
     assert streaming.matmul_precision(torch.device("cpu")) == "ieee"  # left as it was
+    monkeypatch.setattr(streaming, "cpu_takes_bf16_products", lambda: True)
+    try:
+        assert loading.resolve_device("cpu", "mixed") == (torch.device("cpu"), torch.float32)
+        assert streaming.matmul_precision(torch.device("cpu")) == "bf16"
+    finally:
+        torch.set_float32_matmul_precision("highest")

@@ -38,7 +38,7 @@ from .files import AUDIO_SUFFIXES, find_inputs, plan_outputs, write_atomically
 
 DEFAULT_MODEL = "descript/dac_44khz"
 DTYPE_NAMES = ("float32", "bfloat16", "float16", "mixed")
-DTYPE_HELP = "mixed: float32, with bf16 products where they decide no codes (CPUs with bf16 kernels; 99%% of codes)"
+DTYPE_HELP = "mixed: float32, with bf16 products where they decide no codes (CPUs with AMX; 99%% of codes)"
 def _seconds(path: Path) -> float:
     """The duration of an audio file, 0 where it cannot be read (it is reported when its turn comes)."""
     try:

@@ -327,8 +327,8 @@ def resolve_device(device: Optional[str] = None, dtype: str = "float32") -> tupl
     `dtype` (a name of `DTYPES`) checked to run there.
 
     "mixed" runs the float32 model under `torch.set_float32_matmul_precision("medium")`, which this sets for the
-    calling process: on a CPU with bf16 kernels the convolutions that decide no codes then take bf16 products
-    (`streaming.bf16_products`), 1.4x faster encoding and 1.9x faster decoding, 99.4-100% of the codes as float32's.
+    calling process: on a CPU that takes them (`DacModel.takes_bf16_products`) the convolutions that decide no
+    codes then take bf16 products, 1.4x faster encoding and 1.9x faster decoding, 99.4-100% of the codes as float32's.
 
     Raises:
         ValueError: A device that is not a device or not on this machine, or a precision it lacks.
@@ -361,11 +361,15 @@ def resolve_device(device: Optional[str] = None, dtype: str = "float32") -> tupl
         raise ValueError("dtype bfloat16: this CPU has no bfloat16 kernels (they need AVX-512), and it runs about 4x "
                          "slower than float32 here; give float32.")
     if dtype == "mixed":
-        if resolved.type != "cpu" or not cpu_has_bfloat16():
-            where = "this CPU has no bfloat16 kernels" if resolved.type == "cpu" else f"device {device!r} is no CPU"
-            raise ValueError(f"dtype mixed (bf16 products) runs on a CPU with bfloat16 kernels (AVX512-BF16 or AMX), "
-                             f"and {where}; give float32.")
+        if resolved.type != "cpu":
+            raise ValueError(f"dtype mixed (bf16 products) runs on a CPU, and device {device!r} is no CPU; give "
+                             f"float32, or bfloat16 for reduced precision.")
+        previous = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("medium")
+        if not DacModel.takes_bf16_products(resolved):
+            torch.set_float32_matmul_precision(previous)
+            raise ValueError("dtype mixed (bf16 products): this CPU runs float32 matmuls in float32 even when allowed "
+                             "bf16 products (CPUs with AMX take them), so mixed would be float32; give float32.")
     return resolved, DTYPES[dtype]
 
 

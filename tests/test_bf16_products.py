@@ -20,7 +20,6 @@ FLOAT32 = 1e-5
 BF16 = 1e-2
 
 
-
 def cpu_takes_bf16_products():
     torch.set_float32_matmul_precision("medium")
     try:
